@@ -1,0 +1,158 @@
+"""The Celery app: configuration from Settings, per-process resources, beat schedule.
+
+Nothing connects at import time. Each worker process builds its own Deps (engine pool,
+embedders, Redis client) after fork, in `worker_process_init`, or lazily on first use
+for the solo/threads pools.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import redis
+from celery import Celery, signals
+from celery.schedules import crontab
+
+from worker import deps as deps_mod
+from worker import logs
+from worker.config import Settings
+from worker.deps import Deps, build_deps
+
+logger = logging.getLogger(__name__)
+
+QUEUE = "embeddings"
+MAINTENANCE_QUEUE = "maintenance"
+KICK_KEY = "embedder:drain-kick:{model}"
+KICK_TTL_S = 10
+STATS_KEY = "embedder:stats"  # running totals for `embedder demo`
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def make_app(settings: Settings) -> Celery:
+    app = Celery("embedder", broker=settings.redis_url, backend=settings.result_backend_url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],  # never pickle: a pickle message is refused
+        task_default_queue=QUEUE,
+        task_routes={"maintenance.*": {"queue": MAINTENANCE_QUEUE}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=max(settings.task_time_limit_s - 30, 1),
+        # Redis redelivers unacked messages after this; it must exceed the longest task.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        result_expires=3600,
+        task_ignore_result=settings.result_backend_url is None,
+        worker_prefetch_multiplier=4,
+        worker_concurrency=settings.worker_concurrency,
+        worker_max_memory_per_child=settings.worker_max_memory_per_child_kb,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        beat_schedule=beat_schedule(),
+        timezone="UTC",
+    )
+    return app
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    """What runs when; docs/operations.md explains each entry."""
+    return {
+        "sweep-pending": {"task": "embeddings.sweep", "schedule": 30.0, "options": {"expires": 25}},
+        "ensure-partitions": {
+            "task": "maintenance.ensure_partitions",
+            "schedule": crontab(minute="7", hour="*/6"),
+            "options": {"expires": 3600},
+        },
+        "hnsw-churn-check": {
+            "task": "maintenance.rebuild_hnsw",
+            "schedule": crontab(minute="23", hour="3"),
+            "kwargs": {"force": False},
+            "options": {"expires": 3600},
+        },
+        "hnsw-weekly-rebuild": {
+            "task": "maintenance.rebuild_hnsw",
+            "schedule": crontab(minute="41", hour="4", day_of_week="sun"),
+            "kwargs": {"force": True},
+            "options": {"expires": 3600},
+        },
+    }
+
+
+settings = _settings()
+app = make_app(settings)
+
+_deps_lock = threading.Lock()
+_redis: redis.Redis[bytes] | None = None
+
+
+def redis_client() -> redis.Redis[bytes]:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    return _redis
+
+
+def kick_drain(model: str) -> None:
+    """Ask for a drain of `model`, unless one is already queued (a Redis NX key)."""
+    from tasks.embeddings import drain
+
+    if redis_client().set(KICK_KEY.format(model=model), "1", nx=True, ex=KICK_TTL_S):
+        drain.apply_async(args=[model], expires=300)
+
+
+def get_deps() -> Deps:
+    """This process's Deps, built on first use if no hook built them."""
+    try:
+        return deps_mod.current()
+    except RuntimeError:
+        with _deps_lock:
+            try:
+                return deps_mod.current()
+            except RuntimeError:
+                built = _build()
+                deps_mod.install(built)
+                return built
+
+
+def _build() -> Deps:
+    from worker.ratelimit import build_limiter
+
+    built = build_deps(settings, application_name=f"embedder-worker:{os.getpid()}")
+    built.kick_drain = kick_drain
+    built.limiter = build_limiter(settings, redis_client)
+    return built
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    logs.configure(settings.log_level, settings.log_format)
+
+
+@signals.worker_process_init.connect
+def _open_process_resources(**_: object) -> None:
+    global _redis
+    _redis = None  # never share the parent's sockets with a forked child
+    deps_mod.uninstall()
+    deps_mod.install(_build())
+
+
+@signals.worker_process_shutdown.connect
+def _close_process_resources(**_: object) -> None:
+    built = deps_mod.uninstall()
+    if built is not None:
+        built.close()
+
+
+# Register the tasks with the app.
+import tasks.embeddings  # noqa: E402
+import tasks.maintenance  # noqa: E402,F401

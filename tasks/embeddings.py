@@ -1,0 +1,104 @@
+"""Thin Celery wrappers around worker.pipeline. Task names are a public contract."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from tasks.app import KICK_KEY, STATS_KEY, app, get_deps, redis_client
+from worker import pipeline
+from worker.errors import PermanentError
+
+logger = logging.getLogger(__name__)
+
+DB_RETRY_MAX = 10
+
+
+def _db_backoff(retries: int) -> int:
+    # Short, capped countdowns: long ETAs would sit unacked in Redis past the visibility timeout.
+    return int(min(30, 2 ** min(retries, 5)))
+
+
+@app.task(name="embeddings.embed_articles", bind=True, acks_late=True, max_retries=DB_RETRY_MAX)
+def embed_articles(self: Task, article_ids: Any, model: str | None = None) -> dict[str, Any]:
+    """Accept ids for embedding (safe to send twice); a drain embeds them in batches."""
+    deps = get_deps()
+    try:
+        info, count = pipeline.intake(deps, article_ids, model)
+    except PermanentError as exc:
+        # A bad message is refused and logged; retrying it would fail the same way.
+        logger.error(
+            "embed_articles refused a message: %s", exc, extra={"task_id": self.request.id}
+        )
+        return {"error": exc.reason, "detail": str(exc)}
+    except Exception as exc:
+        if pipeline.is_db_transient(exc):
+            raise self.retry(exc=exc, countdown=_db_backoff(self.request.retries)) from None
+        raise
+    logger.info(
+        "accepted %s ids for %s",
+        count,
+        info.name,
+        extra={"task_id": self.request.id, "article_count": count, "model": info.name},
+    )
+    if count:
+        deps.kick_drain(info.name)
+    return {"accepted": count, "model": info.name}
+
+
+@app.task(name="embeddings.embed_article", acks_late=True, max_retries=DB_RETRY_MAX)
+def embed_article(article_id: Any, model: str | None = None) -> dict[str, Any]:
+    """One id; the same path as embed_articles."""
+    result: dict[str, Any] = embed_articles.run([article_id], model)
+    return result
+
+
+@app.task(name="embeddings.drain", bind=True, acks_late=True, max_retries=DB_RETRY_MAX)
+def drain(self: Task, model: str | None = None) -> dict[str, Any]:
+    """Embed pending items of `model` for up to EMBED_DRAIN_BUDGET_S, then hand over."""
+    deps = get_deps()
+    info = deps.model(model)
+    redis_client().delete(KICK_KEY.format(model=info.name))
+    try:
+        result = pipeline.drain(deps, info.name)
+    except Exception as exc:
+        if pipeline.is_db_transient(exc):
+            raise self.retry(exc=exc, countdown=_db_backoff(self.request.retries)) from None
+        raise
+    if result.claimed:
+        stats = redis_client().pipeline(transaction=False)
+        for field in ("claimed", "embedded", "batches", "requests", "failed"):
+            stats.hincrby(STATS_KEY, field, getattr(result, field))
+        stats.execute()
+    if result.claimed and not result.is_stopped:
+        deps.kick_drain(info.name)  # budget spent or more arrived: keep going elsewhere
+    logger.info(
+        "drain %s: claimed=%s embedded=%s unchanged=%s failed=%s skipped=%s released=%s",
+        info.name,
+        result.claimed,
+        result.embedded,
+        result.unchanged,
+        result.failed,
+        result.skipped,
+        result.released,
+        extra={"task_id": self.request.id, "model": info.name, "article_count": result.embedded},
+    )
+    return {
+        "model": info.name,
+        "claimed": result.claimed,
+        "embedded": result.embedded,
+        "failed": result.failed,
+    }
+
+
+@app.task(name="embeddings.sweep", acks_late=True)
+def sweep() -> dict[str, Any]:
+    """Beat: requeue items whose worker died, and drain whatever Redis may have lost."""
+    deps = get_deps()
+    requeued, failed, models = pipeline.sweep(deps)
+    for model in models:
+        deps.kick_drain(model)
+    pipeline.log_pool_stats(deps)
+    return {"requeued": requeued, "failed": failed, "models": models}

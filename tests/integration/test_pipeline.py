@@ -1,0 +1,118 @@
+"""The core path against real PostgreSQL + pgvector and the local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import MODEL, fetch
+from tests.fakes.openai_server import fake_vector
+from worker import pipeline
+from worker.text import compose
+
+pytestmark = pytest.mark.integration
+
+
+def test_intake_then_drain_embeds_every_article_in_full_batches(deps, make_article, fake_openai):
+    ids = [make_article() for _ in range(40)]
+    for i in ids:  # one id per message, as a chatty producer would send them
+        pipeline.intake(deps, [i])
+
+    result = pipeline.drain(deps, budget_s=30)
+
+    assert (result.claimed, result.embedded, result.failed) == (40, 40, 0)
+    assert [len(r.inputs) for r in fake_openai.requests] == [16, 16, 8]
+    rows = fetch(deps, "SELECT article_id, model FROM article_embeddings ORDER BY article_id")
+    assert [tuple(r) for r in rows] == [(i, MODEL) for i in ids]
+    assert fetch(deps, "SELECT count(*) FROM embedding_jobs")[0][0] == 0
+
+
+def test_stored_vector_is_the_providers_vector(deps, make_article):
+    article = make_article(title="東京の天気", content="今日は晴れです。")
+    pipeline.intake(deps, [article])
+    pipeline.drain(deps)
+    (stored,) = fetch(deps, "SELECT embedding FROM article_embeddings WHERE article_id = :a", a=article)[0]
+    expected = fake_vector(compose("東京の天気", "今日は晴れです。"), 1536)
+    assert np.allclose(np.asarray(stored), expected, atol=1e-6)
+
+
+def test_unchanged_article_is_not_re_embedded_and_updated_one_is(deps, make_article, fake_openai):
+    a, b = make_article(), make_article()
+    pipeline.intake(deps, [a, b])
+    pipeline.drain(deps)
+    fake_openai.reset()
+    with deps.engine.begin() as conn:
+        conn.execute(text("UPDATE articles SET content = 'new text' WHERE id = :b"), {"b": b})
+
+    pipeline.intake(deps, [a, b])
+    result = pipeline.drain(deps)
+
+    assert (result.unchanged, result.embedded) == (1, 1)
+    assert [r.inputs for r in fake_openai.requests] == [[compose(f"Article {1}", "new text")]]
+
+
+def test_deleted_article_loses_its_vector(deps, make_article):
+    a = make_article()
+    pipeline.intake(deps, [a])
+    pipeline.drain(deps)
+    with deps.engine.begin() as conn:
+        conn.execute(text("DELETE FROM articles WHERE id = :a"), {"a": a})
+    assert fetch(deps, "SELECT count(*) FROM article_embeddings")[0][0] == 0
+
+
+def test_unknown_ids_and_empty_text_are_recorded_not_fatal(deps, make_article):
+    good = make_article()
+    empty = make_article(title="  ", content="\n\t ")
+    pipeline.intake(deps, [good, empty, 987654321])
+
+    result = pipeline.drain(deps)
+
+    assert (result.embedded, result.failed, result.skipped) == (1, 1, 1)
+    rows = fetch(deps, "SELECT article_id, state, reason FROM embedding_jobs ORDER BY article_id")
+    assert [tuple(r) for r in rows] == [(empty, "skipped", "empty_text"), (987654321, "failed", "not_found")]
+
+
+def test_ids_sent_twice_are_embedded_once(deps, make_article, fake_openai):
+    a = make_article()
+    pipeline.intake(deps, [a, a])
+    pipeline.intake(deps, [a])
+    result = pipeline.drain(deps)
+    assert result.embedded == 1
+    assert fake_openai.input_count == 1
+
+
+def test_400_on_one_input_embeds_the_rest_and_records_that_one(deps, make_article, fake_openai):
+    ids = [make_article(content=f"fine text {n}") for n in range(6)]
+    bad = make_article(content="POISON input the provider rejects")
+    fake_openai.bad_inputs = {"POISON"}
+    pipeline.intake(deps, [*ids, bad])
+
+    result = pipeline.drain(deps)
+
+    assert (result.embedded, result.failed) == (6, 1)
+    (row,) = fetch(deps, "SELECT article_id, state, reason FROM embedding_jobs")
+    assert tuple(row) == (bad, "failed", "invalid_input")
+
+
+def test_429_storm_ends_with_everything_embedded_within_the_retry_budget(deps, make_article, fake_openai):
+    ids = [make_article() for _ in range(32)]
+    fake_openai.fail_next(429, count=3, retry_after=0.01)
+    pipeline.intake(deps, ids)
+
+    result = pipeline.drain(deps)
+
+    assert result.embedded == 32
+    # 2 batches; the 3 rate-limited tries are retried, nothing more.
+    assert fake_openai.request_count == 2 + 3
+    statuses = [r.status for r in fake_openai.requests]
+    assert statuses.count(429) == 3
+
+
+def test_retry_after_is_honoured(deps, make_article, fake_openai):
+    a = make_article()
+    fake_openai.fail_next(429, count=1, retry_after=0.3)
+    pipeline.intake(deps, [a])
+    pipeline.drain(deps)
+    first, second = fake_openai.requests
+    assert second.at - first.at >= 0.29

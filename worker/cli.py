@@ -1,0 +1,288 @@
+"""The `embedder` command. Exit codes: 0 ok, 1 a check or operation failed, 2 bad usage/config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from worker import logs
+
+logger = logging.getLogger("embedder")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config(connection: Any = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config(str(REPO_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(deps: Any, *, register_default: bool = True) -> None:
+    """alembic upgrade head, then register the configured model and build its index."""
+    from alembic import command
+
+    from worker.maintenance import register_model
+
+    with deps.engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "head")
+    deps.engine.dispose()  # reconnect so pgvector types register on fresh connections
+    if register_default:
+        s = deps.settings
+        register_model(deps, s.embedding_model, s.embedding_dimensions, s.embedding_provider)
+
+
+def _deps(application_name: str = "embedder-cli") -> Any:
+    from worker.config import Settings
+    from worker.deps import build_deps
+
+    return build_deps(Settings.from_env(), application_name=application_name)
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    deps = _deps()
+    migrate(deps)
+    print(f"migrated to head; model {deps.settings.embedding_model} registered")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from worker import repository
+    from worker.maintenance import register_model
+
+    deps = _deps()
+    if args.action == "add":
+        info = register_model(
+            deps, args.name, args.dimensions, args.provider, build_index=not args.no_index
+        )
+        print(f"model {info.name}: {info.dimensions} dims, provider {info.provider}")
+        return 0
+    with deps.engine.connect() as conn:
+        for m in repository.list_models(conn):
+            print(
+                f"{m.name}\t{m.dimensions}\t{m.provider}\t{'indexed' if m.is_indexed else 'backfill'}"
+            )
+    return 0
+
+
+def _read_ids(values: Sequence[str], use_stdin: bool) -> list[int]:
+    from worker.pipeline import validate_ids
+
+    raw: list[str] = list(values)
+    if use_stdin:
+        raw.extend(tok for line in sys.stdin for tok in line.replace(",", " ").split())
+    return validate_ids(raw)
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from worker.client import enqueue
+
+    ids = _read_ids(args.ids, args.stdin)
+    if not ids:
+        raise SystemExit("embedder: error: no article ids given")
+    task_ids = enqueue(ids, args.model, chunk_size=args.chunk)
+    print(f"enqueued {len(ids)} ids in {len(task_ids)} messages")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from worker import repository
+    from worker.client import enqueue
+
+    deps = _deps()
+    info = deps.model(args.model)
+    after, total = 0, 0
+    with tqdm(unit="ids", desc=f"backfill {info.name}", disable=args.quiet) as bar:
+        while True:
+            with deps.engine.connect() as conn:
+                ids = repository.missing_vector_ids(conn, info.name, after, args.chunk)
+            if not ids:
+                break
+            enqueue(ids, info.name, chunk_size=args.chunk)
+            after = ids[-1]
+            total += len(ids)
+            bar.update(len(ids))
+    print(f"enqueued {total} articles lacking a vector for {info.name}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from worker.status import collect_status, render_status
+
+    deps = _deps()
+    status = collect_status(deps)
+    print(json.dumps(status, indent=2, default=str) if args.json else render_status(status))
+    return 0
+
+
+def cmd_retry_failed(args: argparse.Namespace) -> int:
+    from worker import repository
+
+    deps = _deps()
+    with deps.engine.begin() as conn:
+        count = repository.redrive_failed(
+            conn, model=args.model, reason=args.reason, include_skipped=args.include_skipped
+        )
+        models = repository.models_with_ready_work(conn)
+    for model in models:
+        _kick(deps, model)
+    print(f"re-drove {count} failed items")
+    return 0
+
+
+def _kick(deps: Any, model: str) -> None:
+    """Publish an embeddings.drain message so a worker picks the pending items up now."""
+    import redis
+
+    from worker.client import TASK_DRAIN, task_message
+
+    client = redis.Redis.from_url(deps.settings.redis_url)
+    try:
+        client.lpush("embeddings", json.dumps(task_message(TASK_DRAIN, [model], {})))
+    finally:
+        client.close()
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from worker import maintenance
+
+    deps = _deps("embedder-maintenance")
+    if args.what == "partitions":
+        result = maintenance.ensure_partitions(deps, args.months)
+    else:
+        result = maintenance.rebuild_hnsw(deps, force=not args.if_needed, model=args.model)
+    print(json.dumps(result.as_dict(), default=str))
+    return 1 if result.is_locked_out else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from worker.search import search_like, search_text
+
+    deps = _deps()
+    since = datetime.fromisoformat(args.since) if args.since else None
+    if args.like is not None:
+        hits = search_like(deps, args.like, model=args.model, k=args.k, since=since)
+    elif args.text:
+        hits = search_text(deps, " ".join(args.text), model=args.model, k=args.k, since=since)
+    else:
+        raise SystemExit("embedder: error: give TEXT or --like ID")
+    for hit in hits:
+        print(f"{hit.distance:.4f}\t{hit.article_id}\t{hit.published_at:%Y-%m-%d}\t{hit.title}")
+    return 0
+
+
+def cmd_sweep(_args: argparse.Namespace) -> int:
+    from worker import pipeline
+
+    deps = _deps()
+    requeued, failed, models = pipeline.sweep(deps)
+    for model in models:
+        _kick(deps, model)
+    print(f"requeued={requeued} failed={failed} drains={len(models)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from worker.devstack import run_stack
+
+    return run_stack(demo=args.command == "demo", articles=args.articles)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="embedder", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    for name in ("run", "demo"):
+        sp = add(name, cmd_run, "local stack: embedded PostgreSQL, Redis, worker, beat, Flower")
+        sp.add_argument("--articles", type=int, default=300, help="sample articles to seed")
+    add("migrate", cmd_migrate, "apply migrations and register EMBEDDING_MODEL")
+    sp = add("models", cmd_models, "list or add embedding models")
+    sp.add_argument("action", choices=["list", "add"])
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--dimensions", type=int)
+    sp.add_argument("--provider")
+    sp.add_argument("--no-index", action="store_true", help="backfill first, build the index later")
+    sp = add("enqueue", cmd_enqueue, "publish embed_articles messages for these ids")
+    sp.add_argument("ids", nargs="*")
+    sp.add_argument("--stdin", action="store_true", help="also read ids from standard input")
+    sp.add_argument("--model")
+    sp.add_argument("--chunk", type=int, default=1000)
+    sp = add("backfill", cmd_backfill, "enqueue every article lacking a vector for a model")
+    sp.add_argument("--model")
+    sp.add_argument("--chunk", type=int, default=1000)
+    sp.add_argument("--quiet", action="store_true")
+    sp = add("status", cmd_status, "backlog, failures, pool, partitions, index health")
+    sp.add_argument("--json", action="store_true")
+    sp = add("retry-failed", cmd_retry_failed, "re-drive failed items")
+    sp.add_argument("--model")
+    sp.add_argument("--reason")
+    sp.add_argument("--include-skipped", action="store_true")
+    sp = add("maintain", cmd_maintain, "partitions ahead or HNSW rebuild, now")
+    sp.add_argument("what", choices=["partitions", "hnsw"])
+    sp.add_argument("--months", type=int, default=None)
+    sp.add_argument("--model")
+    sp.add_argument("--if-needed", action="store_true", help="hnsw: only when churn warrants")
+    sp = add("search", cmd_search, "nearest articles to TEXT or to article --like ID")
+    sp.add_argument("text", nargs="*")
+    sp.add_argument("--like", type=int)
+    sp.add_argument("--model")
+    sp.add_argument("-k", type=int, default=5)
+    sp.add_argument("--since", help="ISO date: only articles published since")
+    add("sweep", cmd_sweep, "requeue stale in-flight items and drain pending work now")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from worker.config import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+        logs.configure(
+            "WARNING" if args.command not in ("run", "demo") else settings.log_level,
+            settings.log_format,
+        )
+        code: int = args.fn(args)
+        return code
+    except ConfigError as exc:
+        print(f"embedder: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the one-line reason; tracebacks only with LOG_LEVEL=DEBUG
+        logger.debug("command failed", exc_info=True)
+        print(f"embedder: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    from worker.config import redact_url
+
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for word in message.split():
+        if "://" in word:
+            message = message.replace(word, redact_url(word))
+    return f"{type(exc).__name__}: {message}"[:300]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

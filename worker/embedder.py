@@ -1,0 +1,297 @@
+"""Embedding providers: the OpenAI-compatible client (tenacity in charge) and the local one.
+
+One retry policy is in force: the SDK's own retries are off (`max_retries=0`) and tenacity
+retries transient errors with jittered exponential waits, never shorter than the server's
+`Retry-After`/`retry-after-ms`. Permanent errors surface at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import openai
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from worker import metrics
+from worker.config import Settings
+from worker.errors import (
+    AuthenticationFailed,
+    BadProviderResponse,
+    EmbeddingDimMismatch,
+    InvalidInput,
+    PermanentError,
+    ProviderUnavailable,
+    RateLimited,
+    TransientError,
+)
+
+logger = logging.getLogger(__name__)
+
+Vectors = np.ndarray[Any, np.dtype[np.float32]]
+
+
+@dataclass
+class EmbedStats:
+    requests: int = 0
+    retries: int = 0
+    tokens: int = 0
+
+
+class Embedder(Protocol):
+    model: str
+    dimensions: int
+    stats: EmbedStats
+
+    def embed(self, texts: Sequence[str], token_count: int = 0) -> Vectors:
+        """One vector per text, shape (len(texts), dimensions); raise IngestError subclasses."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RateLimiter(Protocol):
+    def acquire(self, tokens: int) -> None: ...
+
+    def observe_headers(self, headers: Any) -> None: ...
+
+
+@dataclass
+class LocalEmbedder:
+    """Deterministic character n-gram hashing (worker.local_embedding): offline, no model."""
+
+    model: str
+    dimensions: int
+    stats: EmbedStats = field(default_factory=EmbedStats)
+
+    def embed(self, texts: Sequence[str], token_count: int = 0) -> Vectors:
+        from worker.local_embedding import embed_texts
+
+        self.stats.requests += 1
+        self.stats.tokens += token_count
+        return embed_texts(texts, self.dimensions)
+
+    def close(self) -> None:
+        pass
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible /v1/embeddings endpoint (OpenAI, Azure, Ollama, vLLM, TEI)."""
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        dimensions: int,
+        api_key: str | None,
+        base_url: str | None = None,
+        timeout_s: float = 30.0,
+        retry_attempts: int = 6,
+        retry_max_wait_s: float = 20.0,
+        limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.model = model
+        self.dimensions = dimensions
+        self.stats = EmbedStats()
+        self._client = openai.OpenAI(
+            api_key=api_key or "unused",
+            base_url=base_url,
+            timeout=timeout_s,
+            max_retries=0,  # tenacity is the one retry policy
+        )
+        self._limiter = limiter
+        self._retry_attempts = retry_attempts
+        self._wait = wait_random_exponential(multiplier=0.5, max=retry_max_wait_s)
+        self._sleep = sleep
+        # `dimensions` is only understood by text-embedding-3 and later; other servers
+        # (Ollama, TEI, ada-002) reject it.
+        self._send_dimensions = model.startswith("text-embedding-3")
+
+    def close(self) -> None:
+        self._client.close()
+
+    def embed(self, texts: Sequence[str], token_count: int = 0) -> Vectors:
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self._retry_attempts),
+            wait=self._wait_for,
+            before_sleep=self._log_retry,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(self._request, list(texts), token_count)
+
+    def _wait_for(self, state: RetryCallState) -> float:
+        jittered = float(self._wait(state))
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TransientError) and exc.retry_after_s is not None:
+            return max(jittered, exc.retry_after_s)
+        return jittered
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = getattr(exc, "reason", "error")
+        self.stats.retries += 1
+        metrics.API_RETRIES.labels(reason=reason).inc()
+        logger.warning(
+            "embedding request failed (%s: %s); retry %s/%s in %.2fs",
+            reason,
+            exc,
+            state.attempt_number,
+            self._retry_attempts - 1,
+            state.upcoming_sleep,
+        )
+
+    def _request(self, texts: list[str], token_count: int) -> Vectors:
+        if self._limiter is not None:
+            self._limiter.acquire(token_count)
+        extra: dict[str, Any] = {}
+        if self._send_dimensions:
+            extra["dimensions"] = self.dimensions
+        started = time.perf_counter()
+        self.stats.requests += 1
+        try:
+            raw = self._client.embeddings.with_raw_response.create(
+                model=self.model, input=texts, encoding_format="base64", **extra
+            )
+            if self._limiter is not None:
+                self._limiter.observe_headers(raw.headers)
+            response = raw.parse()
+        except openai.APIError as exc:
+            raise classify(exc) from exc
+        except ValueError as exc:  # malformed JSON in a 200 answer
+            raise BadProviderResponse(f"unparseable response: {exc}") from exc
+        finally:
+            metrics.API_LATENCY.observe(time.perf_counter() - started)
+        vectors = self._decode(response, len(texts))
+        self.stats.tokens += response.usage.total_tokens if response.usage else token_count
+        return vectors
+
+    def _decode(self, response: Any, expected: int) -> Vectors:
+        data = sorted(response.data, key=lambda d: d.index)
+        if len(data) != expected:
+            raise BadProviderResponse(f"got {len(data)} vectors for {expected} inputs")
+        rows = [_as_array(d.embedding) for d in data]
+        for row in rows:
+            if row.shape != (self.dimensions,):
+                raise EmbeddingDimMismatch(
+                    f"model {self.model} returned {row.shape[0]} dimensions, "
+                    f"registered with {self.dimensions}"
+                )
+        return np.vstack(rows).astype(np.float32, copy=False)
+
+
+def _as_array(embedding: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+    return np.asarray(embedding, dtype=np.float32)
+
+
+def classify(exc: openai.APIError) -> TransientError | PermanentError:
+    """Map an openai exception to our tree: what to retry and what to record."""
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return ProviderUnavailable(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return AuthenticationFailed(
+            f"the embedding API refused the credentials (HTTP {exc.status_code}); "
+            "check OPENAI_API_KEY"
+        )
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        message = _error_message(exc)
+        if status == 429:
+            return RateLimited(f"HTTP 429: {message}", retry_after_s=retry_after(exc.response))
+        if status >= 500 or status in (408, 409):
+            return ProviderUnavailable(
+                f"HTTP {status}: {message}", retry_after_s=retry_after(exc.response)
+            )
+        if status in (400, 413, 422):
+            return InvalidInput(f"HTTP {status}: {message}")
+        return PermanentError(f"HTTP {status}: {message}")
+    return BadProviderResponse(f"{type(exc).__name__}: {exc}")
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+    return str(exc.message)[:500]
+
+
+def retry_after(response: Any) -> float | None:
+    """Seconds the server asked us to wait (retry-after-ms wins over Retry-After)."""
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    seconds = headers.get("retry-after")
+    if seconds:
+        try:
+            return float(seconds)
+        except ValueError:
+            return None  # an HTTP date: fall back to our own backoff
+    return None
+
+
+def embed_isolating(
+    embedder: Embedder, texts: Sequence[str], tokens: Sequence[int]
+) -> tuple[dict[int, np.ndarray[Any, np.dtype[np.float32]]], dict[int, InvalidInput]]:
+    """Embed `texts`; on a 400 split the batch to isolate the inputs the provider rejects.
+
+    Returns vectors by input index and the InvalidInput error of each rejected index.
+    Transient and other permanent errors propagate (they concern the whole batch).
+    """
+    vectors: dict[int, np.ndarray[Any, np.dtype[np.float32]]] = {}
+    rejected: dict[int, InvalidInput] = {}
+    pending: list[range] = [range(len(texts))]
+    while pending:
+        part = pending.pop()
+        try:
+            result = embedder.embed([texts[i] for i in part], sum(tokens[i] for i in part))
+        except InvalidInput as exc:
+            if len(part) == 1:
+                rejected[part[0]] = exc
+            else:
+                mid = part.start + len(part) // 2
+                pending.extend([range(mid, part.stop), range(part.start, mid)])
+            continue
+        for offset, i in enumerate(part):
+            vectors[i] = result[offset]
+    return vectors, rejected
+
+
+def build_embedder(
+    settings: Settings, model: str, dimensions: int, limiter: RateLimiter | None = None
+) -> Embedder:
+    """The provider named by EMBEDDING_PROVIDER for `model`."""
+    if settings.embedding_provider == "local":
+        return LocalEmbedder(model=model, dimensions=dimensions)
+    return OpenAIEmbedder(
+        model=model,
+        dimensions=dimensions,
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        timeout_s=settings.openai_timeout_s,
+        retry_attempts=settings.embed_retry_attempts,
+        retry_max_wait_s=settings.embed_retry_max_wait_s,
+        limiter=limiter,
+    )

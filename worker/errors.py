@@ -1,0 +1,69 @@
+"""One exception tree: transient errors are retried, permanent ones are recorded and skipped."""
+
+from __future__ import annotations
+
+
+class IngestError(Exception):
+    """Root of every error the pipeline raises on purpose."""
+
+    reason: str = "error"
+
+
+class TransientError(IngestError):
+    """Worth retrying later: rate limits, timeouts, 5xx, lost connections."""
+
+    reason = "transient"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(IngestError):
+    """Retrying the same input will fail the same way; record it and move on."""
+
+    reason = "permanent"
+
+
+class RateLimited(TransientError):
+    reason = "rate_limited"
+
+
+class ProviderUnavailable(TransientError):
+    reason = "provider_unavailable"
+
+
+class InvalidInput(PermanentError):
+    """The provider rejected an input (HTTP 400)."""
+
+    reason = "invalid_input"
+
+
+class AuthenticationFailed(PermanentError):
+    """The provider refused our credentials (HTTP 401/403); every item would fail alike."""
+
+    reason = "auth_error"
+
+
+class BadProviderResponse(TransientError):
+    """The provider answered, but not with one vector of the right size per input."""
+
+    reason = "bad_response"
+
+
+class EmbeddingDimMismatch(PermanentError):
+    """The provider's vectors do not have the model's registered dimensions."""
+
+    reason = "dimension_mismatch"
+
+
+class UnknownModel(PermanentError):
+    """The model is not in the embedding_models registry."""
+
+    reason = "unknown_model"
+
+
+class InvalidPayload(PermanentError):
+    """A task message that does not follow the enqueue contract."""
+
+    reason = "invalid_payload"

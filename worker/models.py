@@ -1,0 +1,144 @@
+"""The schema as SQLAlchemy Core tables; migrations/ creates it, `alembic check` compares.
+
+Objects created at run time are not described here and are ignored by autogenerate:
+monthly partitions of `articles` (maintenance creates them) and the per-model HNSW
+indexes (`register_model` creates one per row of `embedding_models`).
+"""
+
+from __future__ import annotations
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+
+metadata = MetaData()
+
+JOB_STATES = ("pending", "in_flight", "failed", "skipped")
+
+embedding_models = Table(
+    "embedding_models",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("dimensions", Integer, nullable=False),
+    Column("provider", Text, nullable=False, server_default="openai"),
+    # Backfill mode: while false, the model's HNSW index is not maintained per insert and
+    # searches of this model are refused rather than served from a half-built index.
+    Column("is_indexed", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("dimensions BETWEEN 1 AND 16000", name="embedding_models_dimensions_check"),
+)
+
+articles = Table(
+    "articles",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), nullable=False),
+    Column("feed_id", BigInteger, nullable=True),
+    Column("user_id", BigInteger, nullable=True),
+    Column("title", Text, nullable=False, server_default=""),
+    Column("content", Text, nullable=False, server_default=""),
+    Column("tags", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("is_read", Boolean, nullable=False, server_default=text("false")),
+    Column("published_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("id", "published_at", name="articles_pkey"),
+    Index("articles_user_read_published_idx", "user_id", "is_read", text("published_at DESC")),
+    Index("articles_feed_idx", "feed_id", postgresql_include=["tags"]),
+    Index(
+        "articles_title_trgm_idx",
+        "title",
+        postgresql_using="gin",
+        postgresql_ops={"title": "gin_trgm_ops"},
+    ),
+    postgresql_partition_by="RANGE (published_at)",
+)
+
+article_embeddings = Table(
+    "article_embeddings",
+    metadata,
+    Column("article_id", BigInteger, nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=False),
+    Column(
+        "model",
+        Text,
+        ForeignKey("embedding_models.name", ondelete="CASCADE", onupdate="CASCADE"),
+        nullable=False,
+    ),
+    # No fixed dimension: each model's rows are indexed through a cast to its own size.
+    Column("embedding", Vector(), nullable=False),
+    Column("content_hash", LargeBinary, nullable=False),
+    Column("token_count", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The primary key is the UNIQUE (article_id, model) the seed asks for.
+    PrimaryKeyConstraint("article_id", "model", name="article_embeddings_pkey"),
+    # A partitioned table can only be referenced through a key that includes the partition
+    # key, so the FK carries published_at (the seed's plain FK on id cannot be created).
+    ForeignKeyConstraint(
+        ["article_id", "published_at"],
+        ["articles.id", "articles.published_at"],
+        name="article_embeddings_article_fkey",
+        ondelete="CASCADE",
+        onupdate="CASCADE",
+    ),
+    Index("article_embeddings_article_published_idx", "article_id", "published_at"),
+    Index("article_embeddings_model_updated_idx", "model", "updated_at"),
+)
+
+embedding_jobs = Table(
+    "embedding_jobs",
+    metadata,
+    Column("article_id", BigInteger, nullable=False),
+    Column(
+        "model",
+        Text,
+        ForeignKey("embedding_models.name", ondelete="CASCADE", onupdate="CASCADE"),
+        nullable=False,
+    ),
+    Column("state", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("reason", Text, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("claim_token", Text, nullable=True),
+    Column("claimed_by", Text, nullable=True),
+    Column("enqueued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("not_before", DateTime(timezone=True), nullable=True),
+    Column("claimed_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # No FK to articles: a job for an unknown or deleted id is exactly what we must record.
+    PrimaryKeyConstraint("article_id", "model", name="embedding_jobs_pkey"),
+    CheckConstraint(
+        "state IN ('pending', 'in_flight', 'failed', 'skipped')", name="embedding_jobs_state_check"
+    ),
+    Index(
+        "embedding_jobs_pending_idx",
+        "model",
+        "enqueued_at",
+        postgresql_where=text("state = 'pending'"),
+    ),
+    Index(
+        "embedding_jobs_in_flight_idx",
+        "claimed_at",
+        postgresql_where=text("state = 'in_flight'"),
+    ),
+    # Serves the model FK (cascading deletes) and the status/retry-failed views.
+    Index("embedding_jobs_model_state_idx", "model", "state", "reason"),
+)

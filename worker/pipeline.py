@@ -1,0 +1,350 @@
+"""Orchestration, no Celery: intake → claim → load → embed → write.
+
+Durable state lives in `embedding_jobs`: intake marks (article, model) pending; a drain
+claims up to EMBED_BATCH_MAX of them (FOR UPDATE SKIP LOCKED), loads the articles in one
+query, calls the provider with no transaction open, and writes vectors and job outcomes in
+one transaction. Producers sending one id per message still get full batches: the drain
+claims whatever is pending across all messages, and lingers up to EMBED_LINGER_MS for a
+batch to fill.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+
+from worker import metrics, repository
+from worker import text as textmod
+from worker.batching import plan_batches
+from worker.db import pool_stats
+from worker.deps import Deps
+from worker.embedder import embed_isolating
+from worker.errors import (
+    AuthenticationFailed,
+    InvalidPayload,
+    PermanentError,
+    TransientError,
+)
+from worker.repository import ArticleRow, Claim, EmbeddingRow, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+# Validation bounds for task payloads (PostgreSQL bigint, positive ids).
+MAX_ARTICLE_ID = 2**63 - 1
+# Seconds an auth failure parks items before they are tried again (no retry storm).
+AUTH_BACKOFF_S = 300.0
+
+
+@dataclass
+class DrainResult:
+    claimed: int = 0
+    embedded: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    skipped: int = 0
+    released: int = 0
+    batches: int = 0
+    requests: int = 0
+    is_stopped: bool = False  # the provider refused our credentials: stop draining
+
+    def add(self, other: DrainResult) -> None:
+        for name in (
+            "claimed",
+            "embedded",
+            "unchanged",
+            "failed",
+            "skipped",
+            "released",
+            "batches",
+            "requests",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.is_stopped = self.is_stopped or other.is_stopped
+
+
+def validate_ids(article_ids: Any) -> list[int]:
+    """The ids of a task payload, or InvalidPayload saying what is wrong with it."""
+    if isinstance(article_ids, int | str) and not isinstance(article_ids, bool):
+        article_ids = [article_ids]
+    if not isinstance(article_ids, list | tuple):
+        raise InvalidPayload(
+            f"article_ids must be a list of integers, got {type(article_ids).__name__}"
+        )
+    ids: list[int] = []
+    bad: list[str] = []
+    for value in article_ids:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            bad.append(repr(value)[:40])
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            bad.append(repr(value)[:40])
+            continue
+        if not 1 <= number <= MAX_ARTICLE_ID:
+            bad.append(repr(value)[:40])
+            continue
+        ids.append(number)
+    if bad:
+        raise InvalidPayload(
+            f"article_ids must be positive 64-bit integers; rejected {len(bad)}: {', '.join(bad[:5])}"
+        )
+    return ids
+
+
+def intake(deps: Deps, article_ids: Any, model: str | None = None) -> tuple[ModelInfo, int]:
+    """Record these ids as pending for `model` (default: EMBEDDING_MODEL); return (model, count).
+
+    The whole message is validated first: a malformed payload records nothing.
+    """
+    ids = validate_ids(article_ids)
+    info = deps.model(model)
+    if not ids:
+        return info, 0
+    with deps.engine.begin() as conn:
+        repository.record_intake(conn, info.name, ids)
+    return info, len(set(ids))
+
+
+def drain(
+    deps: Deps,
+    model: str | None = None,
+    *,
+    budget_s: float | None = None,
+    max_claims: int | None = None,
+    linger: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DrainResult:
+    """Embed pending items of `model` until none are ready or the time budget is spent."""
+    info = deps.model(model)
+    settings = deps.settings
+    deadline = time.monotonic() + (
+        budget_s if budget_s is not None else settings.embed_drain_budget_s
+    )
+    total = DrainResult()
+    claims = 0
+    last_stats = time.monotonic()
+    while time.monotonic() < deadline and (max_claims is None or claims < max_claims):
+        if linger:
+            _linger(deps, info, deadline, sleep)
+        with deps.engine.begin() as conn:
+            claim = repository.claim_pending(
+                conn, info.name, settings.embed_batch_max, deps.worker_id
+            )
+        if not claim.article_ids:
+            break
+        claims += 1
+        if len(claim.article_ids) == settings.embed_batch_max:
+            deps.kick_drain(info.name)  # more may be waiting: let an idle worker help
+        result = process_claim(deps, info, claim)
+        total.add(result)
+        if result.is_stopped:
+            break
+        if time.monotonic() - last_stats >= settings.pool_stats_interval_s:
+            log_pool_stats(deps)
+            last_stats = time.monotonic()
+    return total
+
+
+def _linger(deps: Deps, info: ModelInfo, deadline: float, sleep: Callable[[float], None]) -> None:
+    """Wait (≤ EMBED_LINGER_MS) for a full batch when only a few young items are pending."""
+    linger_s = deps.settings.embed_linger_ms / 1000.0
+    if linger_s <= 0:
+        return
+    limit = deps.settings.embed_batch_max
+    while time.monotonic() < deadline:
+        with deps.engine.connect() as conn:
+            count, oldest_age = repository.pending_window(conn, info.name, limit)
+        if count == 0 or count >= limit or oldest_age >= linger_s:
+            return
+        sleep(min(linger_s - oldest_age, 0.05))
+
+
+@dataclass
+class _Work:
+    article: ArticleRow
+    prepared: textmod.PreparedText
+    content_hash: bytes
+
+
+def process_claim(deps: Deps, info: ModelInfo, claim: Claim) -> DrainResult:
+    """Load, embed and write one claim; every claimed id ends written, failed or released."""
+    settings = deps.settings
+    result = DrainResult(claimed=len(claim.article_ids))
+    with deps.engine.connect() as conn:
+        articles = repository.load_articles(conn, info.name, claim.article_ids)
+    found = {a.id for a in articles}
+    failures: dict[int, tuple[str, str]] = {
+        i: ("not_found", "no article with this id (unknown or deleted)")
+        for i in claim.article_ids
+        if i not in found
+    }
+    skipped: dict[int, tuple[str, str]] = {}
+    unchanged: list[int] = []
+    work: list[_Work] = []
+    for article in articles:
+        composed = textmod.compose(article.title, article.content)
+        if not composed.strip():
+            skipped[article.id] = ("empty_text", "title and content are empty or whitespace")
+            continue
+        digest = textmod.content_hash(info.name, composed)
+        if digest == article.stored_hash:
+            unchanged.append(article.id)
+            continue
+        prepared = textmod.prepare(composed, settings.embed_input_max_tokens)
+        work.append(_Work(article, prepared, digest))
+
+    vectors: list[EmbeddingRow] = []
+    released: list[int] = []
+    stop = False
+    if work:
+        requests_before = deps.embedder(info).stats.requests
+        vectors, released, stop, result.batches = _embed_work(deps, info, claim, work, failures)
+        result.requests = deps.embedder(info).stats.requests - requests_before
+
+    with deps.engine.begin() as conn:
+        repository.upsert_embeddings(conn, info.name, vectors)
+        repository.complete_jobs(
+            conn, info.name, claim, [*unchanged, *(v.article_id for v in vectors)]
+        )
+        repository.fail_jobs(conn, info.name, claim, failures)
+        repository.fail_jobs(conn, info.name, claim, skipped, state="skipped")
+
+    result.embedded = len(vectors)
+    result.unchanged = len(unchanged)
+    result.failed = len(failures)
+    result.skipped = len(skipped)
+    result.released = len(released)
+    result.is_stopped = stop
+    _count(info.name, result, failures, skipped)
+    return result
+
+
+def _embed_work(
+    deps: Deps,
+    info: ModelInfo,
+    claim: Claim,
+    work: list[_Work],
+    failures: dict[int, tuple[str, str]],
+) -> tuple[list[EmbeddingRow], list[int], bool, int]:
+    """Call the provider batch by batch; returns (rows to write, ids released, stop?, batches)."""
+    settings = deps.settings
+    embedder = deps.embedder(info)
+    bounds = [w.prepared.token_bound for w in work]
+    if sum(bounds) > settings.embed_batch_max_tokens:
+        # The byte bound could overshoot the request budget: count exactly (costs CPU).
+        work = [_Work(w.article, textmod.exact(w.prepared), w.content_hash) for w in work]
+        bounds = [w.prepared.token_bound for w in work]
+    rows: list[EmbeddingRow] = []
+    plan = plan_batches(bounds, settings.embed_batch_max, settings.embed_batch_max_tokens)
+    for n, part in enumerate(plan):
+        batch = [work[i] for i in part]
+        metrics.BATCHES.labels(model=info.name).inc()
+        metrics.BATCH_SIZE.observe(len(batch))
+        metrics.TOKENS.labels(model=info.name).inc(sum(bounds[i] for i in part))
+        try:
+            got, rejected = embed_isolating(
+                embedder, [w.prepared.text for w in batch], [bounds[i] for i in part]
+            )
+        except TransientError as exc:
+            rest = [w.article.id for p in plan[n:] for w in (work[i] for i in p)]
+            _release(deps, info, claim, rest, exc)
+            return rows, rest, False, n + 1
+        except AuthenticationFailed as exc:
+            rest = [w.article.id for p in plan[n:] for w in (work[i] for i in p)]
+            logger.error("embedding API refused the credentials for model %s: %s", info.name, exc)
+            _release(deps, info, claim, rest, exc, delay_s=AUTH_BACKOFF_S, count_attempt=False)
+            return rows, rest, True, n + 1
+        except PermanentError as exc:
+            for w in batch:
+                failures[w.article.id] = (exc.reason, str(exc))
+            continue
+        for offset, w in enumerate(batch):
+            if offset in rejected:
+                failures[w.article.id] = (rejected[offset].reason, str(rejected[offset]))
+                continue
+            rows.append(
+                EmbeddingRow(
+                    article_id=w.article.id,
+                    published_at=w.article.published_at,
+                    embedding=got[offset],
+                    content_hash=w.content_hash,
+                    token_count=w.prepared.token_bound,
+                )
+            )
+    return rows, [], False, len(plan)
+
+
+def _release(
+    deps: Deps,
+    info: ModelInfo,
+    claim: Claim,
+    ids: Sequence[int],
+    exc: Exception,
+    *,
+    delay_s: float | None = None,
+    count_attempt: bool = True,
+) -> None:
+    settings = deps.settings
+    reason = getattr(exc, "reason", "error")
+    logger.warning("releasing %s items of model %s for a later try: %s", len(ids), info.name, exc)
+    with deps.engine.begin() as conn:
+        repository.release_jobs(
+            conn,
+            info.name,
+            claim,
+            ids,
+            reason=reason,
+            error=str(exc),
+            delay_s=delay_s if delay_s is not None else float(settings.job_retry_delay_s),
+            max_attempts=settings.job_max_attempts,
+            count_attempt=count_attempt,
+        )
+
+
+def _count(
+    model: str,
+    result: DrainResult,
+    failures: dict[int, tuple[str, str]],
+    skipped: dict[int, tuple[str, str]],
+) -> None:
+    metrics.ARTICLES_EMBEDDED.labels(model=model).inc(result.embedded)
+    metrics.ARTICLES_UNCHANGED.labels(model=model).inc(result.unchanged)
+    for reason, _ in [*failures.values(), *skipped.values()]:
+        metrics.FAILURES.labels(model=model, reason=reason).inc()
+
+
+def sweep(deps: Deps) -> tuple[int, int, list[str]]:
+    """Recover from lost messages and dead workers: (requeued, failed, models to drain)."""
+    settings = deps.settings
+    with deps.engine.begin() as conn:
+        requeued, failed = repository.requeue_stale(
+            conn, settings.job_lease_s, settings.job_max_attempts
+        )
+        models = repository.models_with_ready_work(conn)
+    if requeued or failed:
+        logger.warning("sweep: %s stale in-flight items requeued, %s failed", requeued, failed)
+    return requeued, failed, models
+
+
+def log_pool_stats(deps: Deps) -> None:
+    stats = pool_stats(deps.engine)
+    for state, value in (
+        ("checked_out", stats.checked_out),
+        ("idle", stats.idle),
+        ("overflow", stats.overflow),
+    ):
+        metrics.POOL.labels(state=state).set(value)
+    logger.info("pool stats %s", stats.as_dict())
+
+
+def is_db_transient(exc: BaseException) -> bool:
+    """A database error worth retrying the task for (connection lost, pool exhausted)."""
+    return isinstance(
+        exc, sa_exc.OperationalError | sa_exc.TimeoutError | sa_exc.DisconnectionError
+    )

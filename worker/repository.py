@@ -1,0 +1,391 @@
+"""Every SQL statement of the ingestion path. Functions take a Connection in a transaction
+the caller owns; none opens its own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from worker.errors import UnknownModel
+
+# Ids per INSERT when recording intake: keeps one statement's parameters bounded even when
+# a producer sends 100k ids in one message.
+INTAKE_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    dimensions: int
+    provider: str
+    is_indexed: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    token: str
+    article_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ArticleRow:
+    id: int
+    published_at: datetime
+    title: str
+    content: str
+    stored_hash: bytes | None
+
+
+@dataclass(frozen=True)
+class EmbeddingRow:
+    article_id: int
+    published_at: datetime
+    embedding: Any  # numpy float32 vector
+    content_hash: bytes
+    token_count: int
+
+
+def get_model(conn: Connection, name: str) -> ModelInfo:
+    row = conn.execute(
+        text("SELECT name, dimensions, provider, is_indexed FROM embedding_models WHERE name = :n"),
+        {"n": name},
+    ).one_or_none()
+    if row is None:
+        raise UnknownModel(
+            f"model {name!r} is not registered; add it with `embedder models add {name} --dimensions N`"
+        )
+    return ModelInfo(*row)
+
+
+def list_models(conn: Connection) -> list[ModelInfo]:
+    rows = conn.execute(
+        text("SELECT name, dimensions, provider, is_indexed FROM embedding_models ORDER BY name")
+    )
+    return [ModelInfo(*r) for r in rows]
+
+
+def insert_model(conn: Connection, name: str, dimensions: int, provider: str) -> ModelInfo:
+    """Register a model, or return the existing row; a different dimension is an error."""
+    conn.execute(
+        text(
+            "INSERT INTO embedding_models (name, dimensions, provider) VALUES (:n, :d, :p) "
+            "ON CONFLICT (name) DO NOTHING"
+        ),
+        {"n": name, "d": dimensions, "p": provider},
+    )
+    return get_model(conn, name)
+
+
+def record_intake(conn: Connection, model: str, article_ids: Sequence[int]) -> int:
+    """Mark (article, model) pending; re-sent ids are merged, failed ones re-driven.
+
+    A job already in flight keeps running but gets a fresh `enqueued_at`, so completion sees
+    it was asked for again (the article may have changed) and puts it back to pending.
+    Ids are sorted so concurrent intakes lock rows in the same order (no deadlocks).
+    """
+    ids = sorted(set(article_ids))
+    total = 0
+    for start in range(0, len(ids), INTAKE_CHUNK):
+        chunk = ids[start : start + INTAKE_CHUNK]
+        result = conn.execute(
+            text(
+                """
+                INSERT INTO embedding_jobs AS j (article_id, model, state)
+                SELECT id, :model, 'pending' FROM unnest(CAST(:ids AS bigint[])) AS id
+                ON CONFLICT (article_id, model) DO UPDATE SET
+                    state = CASE WHEN j.state = 'in_flight' THEN 'in_flight' ELSE 'pending' END,
+                    enqueued_at = CASE WHEN j.state = 'pending' THEN j.enqueued_at ELSE now() END,
+                    attempts = CASE WHEN j.state IN ('failed', 'skipped') THEN 0 ELSE j.attempts END,
+                    not_before = CASE WHEN j.state = 'pending' THEN j.not_before END,
+                    updated_at = now()
+                """
+            ),
+            {"model": model, "ids": chunk},
+        )
+        total += result.rowcount
+    return total
+
+
+def pending_window(conn: Connection, model: str, limit: int) -> tuple[int, float]:
+    """(pending ready now, capped at `limit`; age in seconds of the oldest of them)."""
+    row = conn.execute(
+        text(
+            """
+            SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(enqueued_at)), 0)
+            FROM (SELECT enqueued_at FROM embedding_jobs
+                  WHERE model = :m AND state = 'pending'
+                    AND (not_before IS NULL OR not_before <= now())
+                  ORDER BY enqueued_at LIMIT :n) AS ready
+            """
+        ),
+        {"m": model, "n": limit},
+    ).one()
+    return int(row[0]), float(row[1])
+
+
+def claim_pending(conn: Connection, model: str, limit: int, worker_id: str) -> Claim:
+    """Claim up to `limit` pending jobs for this transaction; others skip them."""
+    token = uuid.uuid4().hex
+    rows = conn.execute(
+        text(
+            """
+            WITH ready AS (
+                SELECT article_id FROM embedding_jobs
+                WHERE model = :m AND state = 'pending'
+                  AND (not_before IS NULL OR not_before <= now())
+                ORDER BY enqueued_at
+                LIMIT :n
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE embedding_jobs j
+            SET state = 'in_flight', attempts = j.attempts + 1, claim_token = :t,
+                claimed_by = :w, claimed_at = now(), updated_at = now()
+            FROM ready
+            WHERE j.model = :m AND j.article_id = ready.article_id
+            RETURNING j.article_id
+            """
+        ),
+        {"m": model, "n": limit, "t": token, "w": worker_id},
+    )
+    return Claim(token=token, article_ids=tuple(sorted(r[0] for r in rows)))
+
+
+def load_articles(conn: Connection, model: str, article_ids: Sequence[int]) -> list[ArticleRow]:
+    """The articles and their current vector's hash for `model`, in one query."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT a.id, a.published_at, a.title, a.content, e.content_hash
+            FROM articles a
+            LEFT JOIN article_embeddings e ON e.article_id = a.id AND e.model = :m
+            WHERE a.id = ANY(CAST(:ids AS bigint[]))
+            """
+        ),
+        {"m": model, "ids": list(article_ids)},
+    )
+    return [
+        ArticleRow(r[0], r[1], r[2], r[3], bytes(r[4]) if r[4] is not None else None) for r in rows
+    ]
+
+
+_UPSERT = """
+INSERT INTO article_embeddings
+    (article_id, published_at, model, embedding, content_hash, token_count)
+VALUES (%s, %s, %s, %b, %s, %s)
+ON CONFLICT (article_id, model) DO UPDATE SET
+    published_at = EXCLUDED.published_at,
+    embedding = EXCLUDED.embedding,
+    content_hash = EXCLUDED.content_hash,
+    token_count = EXCLUDED.token_count,
+    updated_at = now()
+WHERE article_embeddings.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+"""
+
+
+def upsert_embeddings(conn: Connection, model: str, rows: Sequence[EmbeddingRow]) -> None:
+    """Write vectors in one pipelined round trip, binary-encoded; unchanged rows untouched."""
+    if not rows:
+        return
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.executemany(
+            _UPSERT,
+            [
+                (r.article_id, r.published_at, model, r.embedding, r.content_hash, r.token_count)
+                for r in rows
+            ],
+        )
+
+
+def complete_jobs(conn: Connection, model: str, claim: Claim, article_ids: Iterable[int]) -> None:
+    """Finish these claimed jobs; a job re-enqueued while in flight goes back to pending."""
+    ids = list(article_ids)
+    if not ids:
+        return
+    params = {"m": model, "t": claim.token, "ids": ids}
+    conn.execute(
+        text(
+            "DELETE FROM embedding_jobs WHERE model = :m AND claim_token = :t "
+            "AND article_id = ANY(CAST(:ids AS bigint[])) AND enqueued_at <= claimed_at"
+        ),
+        params,
+    )
+    conn.execute(
+        text(
+            "UPDATE embedding_jobs SET state = 'pending', claim_token = NULL, attempts = 0, "
+            "updated_at = now() WHERE model = :m AND claim_token = :t "
+            "AND article_id = ANY(CAST(:ids AS bigint[]))"
+        ),
+        params,
+    )
+
+
+def fail_jobs(
+    conn: Connection,
+    model: str,
+    claim: Claim,
+    failures: dict[int, tuple[str, str]],
+    *,
+    state: str = "failed",
+) -> None:
+    """Record these claimed jobs as failed (or skipped) with a reason and the error text."""
+    if not failures:
+        return
+    ids = list(failures)
+    conn.execute(
+        text(
+            """
+            UPDATE embedding_jobs j
+            SET state = :state, reason = f.reason, last_error = f.error,
+                claim_token = NULL, updated_at = now()
+            FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[]), CAST(:errors AS text[]))
+                 AS f(article_id, reason, error)
+            WHERE j.model = :m AND j.claim_token = :t AND j.article_id = f.article_id
+            """
+        ),
+        {
+            "state": state,
+            "m": model,
+            "t": claim.token,
+            "ids": ids,
+            "reasons": [failures[i][0] for i in ids],
+            "errors": [failures[i][1][:2000] for i in ids],
+        },
+    )
+
+
+def release_jobs(
+    conn: Connection,
+    model: str,
+    claim: Claim,
+    article_ids: Iterable[int],
+    *,
+    reason: str,
+    error: str,
+    delay_s: float,
+    max_attempts: int,
+    count_attempt: bool = True,
+) -> None:
+    """Give claimed jobs back for a later try, or fail them once attempts are used up."""
+    ids = list(article_ids)
+    if not ids:
+        return
+    conn.execute(
+        text(
+            """
+            UPDATE embedding_jobs
+            SET attempts = attempts - CASE WHEN :count THEN 0 ELSE 1 END,
+                state = CASE WHEN :count AND attempts >= :max THEN 'failed' ELSE 'pending' END,
+                not_before = now() + make_interval(secs => :delay),
+                reason = :reason, last_error = :error, claim_token = NULL, updated_at = now()
+            WHERE model = :m AND claim_token = :t AND article_id = ANY(CAST(:ids AS bigint[]))
+            """
+        ),
+        {
+            "count": count_attempt,
+            "max": max_attempts,
+            "delay": delay_s,
+            "reason": reason,
+            "error": error[:2000],
+            "m": model,
+            "t": claim.token,
+            "ids": ids,
+        },
+    )
+
+
+def requeue_stale(conn: Connection, lease_s: int, max_attempts: int) -> tuple[int, int]:
+    """Jobs in flight past their lease (their worker died): back to pending, or failed.
+
+    Returns (requeued, failed).
+    """
+    rows = conn.execute(
+        text(
+            """
+            UPDATE embedding_jobs
+            SET state = CASE WHEN attempts >= :max THEN 'failed' ELSE 'pending' END,
+                reason = CASE WHEN attempts >= :max THEN 'lease_expired' ELSE reason END,
+                last_error = 'worker did not finish within JOB_LEASE_S (killed or stuck)',
+                claim_token = NULL, updated_at = now()
+            WHERE state = 'in_flight' AND claimed_at < now() - make_interval(secs => :lease)
+            RETURNING state
+            """
+        ),
+        {"max": max_attempts, "lease": lease_s},
+    ).all()
+    failed = sum(1 for r in rows if r[0] == "failed")
+    return len(rows) - failed, failed
+
+
+def models_with_ready_work(conn: Connection) -> list[str]:
+    rows = conn.execute(
+        text(
+            "SELECT DISTINCT model FROM embedding_jobs WHERE state = 'pending' "
+            "AND (not_before IS NULL OR not_before <= now())"
+        )
+    )
+    return [r[0] for r in rows]
+
+
+def redrive_failed(
+    conn: Connection, *, model: str | None, reason: str | None, include_skipped: bool = False
+) -> int:
+    """Put failed jobs back to pending; returns how many."""
+    states = ["failed", "skipped"] if include_skipped else ["failed"]
+    result = conn.execute(
+        text(
+            """
+            UPDATE embedding_jobs
+            SET state = 'pending', attempts = 0, not_before = NULL, enqueued_at = now(),
+                updated_at = now()
+            WHERE state = ANY(CAST(:states AS text[]))
+              AND (CAST(:model AS text) IS NULL OR model = :model)
+              AND (CAST(:reason AS text) IS NULL OR reason = :reason)
+            """
+        ),
+        {"states": states, "model": model, "reason": reason},
+    )
+    return result.rowcount
+
+
+def missing_vector_ids(conn: Connection, model: str, after_id: int, limit: int) -> list[int]:
+    """Next `limit` article ids (> after_id) with no vector for `model`: keyset pagination."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT a.id FROM articles a
+            WHERE a.id > :after
+              AND NOT EXISTS (SELECT 1 FROM article_embeddings e
+                              WHERE e.article_id = a.id AND e.model = :m)
+            ORDER BY a.id
+            LIMIT :n
+            """
+        ),
+        {"after": after_id, "m": model, "n": limit},
+    )
+    return [r[0] for r in rows]
+
+
+def job_counts(conn: Connection) -> list[tuple[str, str, str | None, int, float | None]]:
+    """(model, state, reason, count, age in seconds of the oldest) for the status view."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT model, state, reason, count(*),
+                   EXTRACT(EPOCH FROM now() - min(enqueued_at))
+            FROM embedding_jobs GROUP BY model, state, reason ORDER BY model, state, reason
+            """
+        )
+    )
+    return [(r[0], r[1], r[2], int(r[3]), float(r[4]) if r[4] is not None else None) for r in rows]
+
+
+def embedding_counts(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(text("SELECT model, count(*) FROM article_embeddings GROUP BY model"))
+    return {r[0]: int(r[1]) for r in rows}

@@ -1,0 +1,91 @@
+"""`embedder status`: is it keeping up, what is stuck, and why — from PostgreSQL alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from worker import partitions, repository
+from worker.config import redact_url
+from worker.db import pool_stats
+from worker.deps import Deps
+from worker.maintenance import index_name, index_state
+
+
+def collect_status(deps: Deps) -> dict[str, Any]:
+    models: dict[str, dict[str, Any]] = {}
+    with deps.engine.connect() as conn:
+        registered = repository.list_models(conn)
+        embedded = repository.embedding_counts(conn)
+        for info in registered:
+            name = index_name(info.name)
+            size = conn.execute(
+                text("SELECT pg_relation_size(to_regclass(:n))"), {"n": name}
+            ).scalar()
+            models[info.name] = {
+                "dimensions": info.dimensions,
+                "embedded": embedded.get(info.name, 0),
+                "pending": 0,
+                "in_flight": 0,
+                "failed": {},
+                "skipped": {},
+                "oldest_pending_s": None,
+                "index": {"name": name, "state": index_state(conn, name), "bytes": size},
+                "is_indexed": info.is_indexed,
+            }
+        for model, state, reason, count, oldest in repository.job_counts(conn):
+            entry = models.setdefault(
+                model, {"failed": {}, "skipped": {}, "pending": 0, "in_flight": 0}
+            )
+            if state in ("failed", "skipped"):
+                entry[state][reason or "unknown"] = count
+            else:
+                entry[state] = entry.get(state, 0) + count
+                if state == "pending":
+                    entry["oldest_pending_s"] = oldest
+        present = partitions.existing_partitions(conn)
+    wanted = [
+        p.name
+        for p in partitions.upcoming_months(
+            datetime.now(UTC).date(), deps.settings.partitions_ahead
+        )
+    ]
+    return {
+        "database": redact_url(deps.settings.database_url),
+        "models": models,
+        "partitions": {
+            "present": sorted(present),
+            "missing_upcoming": [n for n in wanted if n not in present],
+        },
+        "pool": pool_stats(deps.engine).as_dict(),
+    }
+
+
+def render_status(status: dict[str, Any]) -> str:
+    lines = [f"database: {status['database']}"]
+    for name, m in status["models"].items():
+        age = m.get("oldest_pending_s")
+        lines.append(
+            f"model {name}: embedded={m.get('embedded', 0)} pending={m.get('pending', 0)} "
+            f"in_flight={m.get('in_flight', 0)} oldest_pending={'-' if age is None else f'{age:.0f}s'}"
+        )
+        for kind in ("failed", "skipped"):
+            for reason, count in sorted(m.get(kind, {}).items()):
+                lines.append(f"  {kind} {reason}: {count}")
+        index = m.get("index")
+        if index:
+            lines.append(
+                f"  index {index['name']}: {index['state']} ({(index['bytes'] or 0) // 1024} KiB)"
+            )
+    parts = status["partitions"]
+    lines.append(
+        f"partitions: {len(parts['present'])} present; missing upcoming: {', '.join(parts['missing_upcoming']) or 'none'}"
+    )
+    pool = status["pool"]
+    lines.append(
+        f"pool (this process): checked_out={pool['checked_out']} idle={pool['idle']} "
+        f"overflow={pool['overflow']} max={pool['max_connections']}"
+    )
+    return "\n".join(lines)

