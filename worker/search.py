@@ -105,7 +105,8 @@ def search_like(
         ).one_or_none()
         if row is None:
             raise PermanentError(f"article {article_id} has no vector for model {info.name}")
+        stored = row[0].to_numpy() if hasattr(row[0], "to_numpy") else row[0]
         hits = search_vector(
-            conn, info, row[0], k=k + 1, since=since, ef_search=deps.settings.hnsw_ef_search
+            conn, info, stored, k=k + 1, since=since, ef_search=deps.settings.hnsw_ef_search
         )
     return [h for h in hits if h.article_id != article_id][:k]

@@ -34,7 +34,7 @@ def test_stored_vector_is_the_providers_vector(deps, make_article):
     pipeline.drain(deps)
     (stored,) = fetch(deps, "SELECT embedding FROM article_embeddings WHERE article_id = :a", a=article)[0]
     expected = fake_vector(compose("東京の天気", "今日は晴れです。"), 1536)
-    assert np.allclose(np.asarray(stored), expected, atol=1e-6)
+    assert np.allclose(stored.to_numpy(), expected, atol=1e-6)
 
 
 def test_unchanged_article_is_not_re_embedded_and_updated_one_is(deps, make_article, fake_openai):
