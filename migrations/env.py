@@ -13,6 +13,8 @@ from worker.models import metadata
 # Created at run time, not by migrations: monthly partitions and per-model HNSW indexes.
 _RUNTIME_TABLE = re.compile(r"^articles_(\d{4}_\d{2}|default)$")
 _RUNTIME_INDEX = re.compile(r"^article_embeddings_.+_hnsw_cosine_idx$")
+# PostgreSQL clones an FK to a partitioned table once per partition (…_fkey_1, …_fkey_2).
+_PARTITION_FK = re.compile(r"_fkey_\d+$")
 
 
 def include_object(  # alembic's hook signature
@@ -23,6 +25,8 @@ def include_object(  # alembic's hook signature
     compare_to: object,  # noqa: ARG001
 ) -> bool:
     if type_ == "table" and name and _RUNTIME_TABLE.match(name):
+        return False
+    if type_ == "foreign_key_constraint" and name and _PARTITION_FK.search(name):
         return False
     return not (type_ == "index" and name and _RUNTIME_INDEX.match(name))
 

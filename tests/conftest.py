@@ -5,6 +5,7 @@ message; nothing is skipped because a service is missing."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -32,10 +33,14 @@ REDIS_TEST_DB = 9
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalPostgres]:
-    server = LocalPostgres(TEST_DATA / "pg", free_port())
+    # One server per test session, in its own data directory, so concurrent sessions
+    # (developers, CI) never share or stop each other's server.
+    data_dir = TEST_DATA / f"pg-{os.getpid()}"
+    server = LocalPostgres(data_dir, free_port())
     server.start()
     yield server
     server.stop("immediate")
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

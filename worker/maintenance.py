@@ -79,7 +79,7 @@ def index_name(model: str) -> str:
     """`article_embeddings_<slug>_hnsw_cosine_idx`, within PostgreSQL's 63-byte limit."""
     slug = re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")
     digest = hashlib.sha1(model.encode()).hexdigest()[:8]
-    return f"article_embeddings_{slug[:24]}_{digest}_hnsw_cosine_idx"
+    return f"article_embeddings_{slug[:18]}_{digest}_hnsw_cosine_idx"  # ≤ 63 bytes
 
 
 def index_expression(info: ModelInfo) -> tuple[str, str]:
