@@ -46,6 +46,8 @@ def _stack_env() -> tuple[dict[str, str], list[Any]]:
             private.start()
             started.append(private)
             env["REDIS_URL"] = private.url
+    # The Procfile runs `celery`/`embedder` from this interpreter's environment.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("CELERY_BEAT_SCHEDULE", str(DATA / "celerybeat-schedule"))
     env.setdefault("FLOWER_PORT", "5555")
     return env, started
@@ -80,7 +82,9 @@ def _seed(deps: Any, count: int) -> int:
     return count
 
 
-def _progress(deps: Any, total: int, timeout_s: float) -> tuple[int, int]:
+def _progress(
+    deps: Any, total: int, timeout_s: float, stack: subprocess.Popen[bytes]
+) -> tuple[int, int]:
     """Show a bar until every article has a vector or a recorded failure; (embedded, failed)."""
     from tqdm import tqdm
 
@@ -104,6 +108,8 @@ def _progress(deps: Any, total: int, timeout_s: float) -> tuple[int, int]:
             bar.refresh()
             if embedded + failed >= total:
                 break
+            if stack.poll() is not None:
+                raise StackError("the worker processes exited; see their output above")
             time.sleep(0.5)
     return int(embedded), int(failed)
 
@@ -118,6 +124,7 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
 
     started: list[Any] = []
     honcho: subprocess.Popen[bytes] | None = None
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as Ctrl-C does
     try:
         env, started = _stack_env()
         settings = Settings.from_env(env)
@@ -146,7 +153,7 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
         started_at = time.monotonic()
         enqueue(ids, settings.embedding_model, client=r, chunk_size=50)
         print(f"Flower: http://127.0.0.1:{env['FLOWER_PORT']}  (Ctrl-C stops everything)")
-        embedded, failed = _progress(deps, len(ids), timeout_s=600 if demo else 3600)
+        embedded, failed = _progress(deps, len(ids), 600 if demo else 3600, honcho)
         seconds = time.monotonic() - started_at
         stats = {k.decode(): int(v) for k, v in r.hgetall(STATS_KEY).items()}
         print(
@@ -175,6 +182,10 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
         for svc in reversed(started):
             svc.stop()
         print("stopped")
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _show_search(deps: Any) -> None:
