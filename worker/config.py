@@ -6,7 +6,9 @@ reported as one `ConfigError` whose message is safe to print: secrets never appe
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal, TypeVar
@@ -76,7 +78,13 @@ class Settings:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 64
     hnsw_ef_search: int = 100
+    # Rebuild a model's HNSW index when updates + deletes since its last build exceed this
+    # share of the live rows (checked daily by beat; 0 disables the churn trigger).
+    hnsw_rebuild_churn_ratio: float = 0.2
     maintenance_work_mem: str = "512MB"
+    maintenance_parallel_workers: int = 2  # max_parallel_maintenance_workers for HNSW builds
+    # Detach and drop monthly partitions older than this many months (0 = keep everything).
+    partition_retention_months: int = 0
 
     # Worker
     worker_concurrency: int = 2
@@ -98,10 +106,13 @@ class Settings:
             default = f.default
             parse = _PARSERS.get(f.name) or _parser_for(default)
             values[f.name] = reader.get(name, parse, default)
+        settings = cls(**values)  # type: ignore[arg-type]
+        try:
+            settings.validate()
+        except ConfigError as exc:  # report these together with the unparseable ones
+            reader.errors.append(str(exc).removeprefix("invalid configuration: "))
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
-        settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
         return settings
 
     def validate(self) -> None:
@@ -182,9 +193,12 @@ def _parse_int(raw: str) -> int:
 
 def _parse_float(raw: str) -> float:
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError("expected a number") from None
+    if not math.isfinite(value):  # "nan" and "inf" parse, but pass every range check
+        raise ValueError("expected a finite number")
+    return value
 
 
 def _parse_provider(raw: str) -> Provider:
@@ -253,7 +267,11 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    # libpq also accepts the password as a query parameter.
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    return parts._replace(netloc=netloc, query=query).geturl()

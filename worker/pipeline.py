@@ -208,18 +208,33 @@ def process_claim(deps: Deps, info: ModelInfo, claim: Claim) -> DrainResult:
         result.requests = deps.embedder(info).stats.requests - requests_before
 
     with deps.engine.begin() as conn:
+        # Deleted or re-dated meanwhile: not written; the next claim sees what became of it.
+        alive = repository.lock_existing_articles(conn, vectors)
+        changed = [v.article_id for v in vectors if v.article_id not in alive]
+        vectors = [v for v in vectors if v.article_id in alive]
         repository.upsert_embeddings(conn, info.name, vectors)
         repository.complete_jobs(
             conn, info.name, claim, [*unchanged, *(v.article_id for v in vectors)]
         )
         repository.fail_jobs(conn, info.name, claim, failures)
         repository.fail_jobs(conn, info.name, claim, skipped, state="skipped")
+        repository.release_jobs(
+            conn,
+            info.name,
+            claim,
+            changed,
+            reason="article_changed",
+            error="article deleted or re-dated while it was being embedded",
+            delay_s=0,
+            max_attempts=settings.job_max_attempts,
+            count_attempt=False,
+        )
 
     result.embedded = len(vectors)
     result.unchanged = len(unchanged)
     result.failed = len(failures)
     result.skipped = len(skipped)
-    result.released = len(released)
+    result.released = len(released) + len(changed)
     result.is_stopped = stop
     _count(info.name, result, failures, skipped)
     return result

@@ -173,6 +173,28 @@ def load_articles(conn: Connection, model: str, article_ids: Sequence[int]) -> l
     ]
 
 
+def lock_existing_articles(conn: Connection, rows: Sequence[EmbeddingRow]) -> set[int]:
+    """Ids of these rows whose (article, published_at) still exists, locked until commit.
+
+    An article deleted or re-dated while its batch was being embedded would make the
+    vector's foreign key fail, and with it the whole write.
+    """
+    if not rows:
+        return set()
+    found = conn.execute(
+        text(
+            """
+            SELECT a.id FROM articles a
+            JOIN unnest(CAST(:ids AS bigint[]), CAST(:ts AS timestamptz[])) AS k(id, published_at)
+              ON a.id = k.id AND a.published_at = k.published_at
+            FOR KEY SHARE OF a
+            """
+        ),
+        {"ids": [r.article_id for r in rows], "ts": [r.published_at for r in rows]},
+    )
+    return {r[0] for r in found}
+
+
 _UPSERT = """
 INSERT INTO article_embeddings
     (article_id, published_at, model, embedding, content_hash, token_count)

@@ -40,7 +40,8 @@ def clean_text(raw: str) -> str:
 
 
 def _replace_surrogates(raw: str) -> str:
-    return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in raw)
+    # Through UTF-16: a surrogate pair becomes the character it encodes, a lone one U+FFFD.
+    return raw.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def compose(title: str | None, content: str | None) -> str:
@@ -59,6 +60,25 @@ def _encoder() -> Any:
     return bpe_openai.get_encoding(_ENCODING)
 
 
+# bpe_openai refuses inputs of 1M characters or more than 200k tokens. A character is at
+# most 4 UTF-8 bytes and a token at least one byte, so this many characters always encode;
+# a longer text is cut to them before counting (it is truncated far below that anyway).
+_MAX_ENCODE_CHARS = 49_999
+
+
+def _head_tokens(text: str) -> tuple[list[int], bool]:
+    """Tokens of `text`, or of its first _MAX_ENCODE_CHARS characters; (tokens, whole?)."""
+    if len(text) <= _MAX_ENCODE_CHARS:
+        return list(_encoder().encode_ordinary(text)), True
+    return list(_encoder().encode_ordinary(text[:_MAX_ENCODE_CHARS])), False
+
+
+def _decode_prefix(tokens: list[int]) -> str:
+    # A cut may fall inside a multi-byte character: drop its partial bytes rather than
+    # emit a U+FFFD the article never contained.
+    return bytes(_encoder().decode_bytes(tokens)).decode("utf-8", "ignore")
+
+
 def count_tokens(text: str) -> int:
     """Exact cl100k_base token count."""
     return len(_encoder().encode_ordinary(text))
@@ -66,10 +86,10 @@ def count_tokens(text: str) -> int:
 
 def truncate_tokens(text: str, max_tokens: int) -> str:
     """The longest prefix of `text` with at most `max_tokens` tokens, cut on a token boundary."""
-    tokens = _encoder().encode_ordinary(text)
-    if len(tokens) <= max_tokens:
+    tokens, whole = _head_tokens(text)
+    if whole and len(tokens) <= max_tokens:
         return text
-    return str(_encoder().decode(tokens[:max_tokens]))
+    return _decode_prefix(tokens[:max_tokens])
 
 
 def prepare(text: str, max_tokens: int) -> PreparedText:
@@ -77,11 +97,11 @@ def prepare(text: str, max_tokens: int) -> PreparedText:
     byte_len = len(text.encode("utf-8"))
     if byte_len <= max_tokens:
         return PreparedText(text, byte_len, is_exact=False, is_truncated=False)
-    tokens = _encoder().encode_ordinary(text)
-    if len(tokens) <= max_tokens:
+    tokens, whole = _head_tokens(text)
+    if whole and len(tokens) <= max_tokens:
         return PreparedText(text, len(tokens), is_exact=True, is_truncated=False)
-    cut = str(_encoder().decode(tokens[:max_tokens]))
-    return PreparedText(cut, max_tokens, is_exact=True, is_truncated=True)
+    kept = tokens[:max_tokens]
+    return PreparedText(_decode_prefix(kept), len(kept), is_exact=True, is_truncated=True)
 
 
 def exact(prepared: PreparedText) -> PreparedText:
