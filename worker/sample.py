@@ -13,11 +13,16 @@ take a few seconds.
 
 Lengths are measured in characters (``len(content)``) and follow a log-normal
 distribution with a median of about 4,500 characters, truncated to
-``[min_chars, max_chars]``. ``tags[0]`` is always the topic name.
+``[min_chars, max_chars]``: with a large ``max_chars`` the median is ~4,500 characters;
+with the default ``max_chars=6000`` it is ~3,500 characters, which is ~4.5 KB of UTF-8
+because Japanese and Chinese take 3 bytes a character. ``tags[0]`` is always the topic.
+Sentences repeat within an article (each topic has a small sentence pool), which is fine
+for throughput and similarity demos but makes same-topic articles near-duplicates.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -914,12 +919,12 @@ _JOINER: Final = {"en": " ", "ja": "", "de": " ", "fr": " ", "es": " ", "zh": ""
 
 _QUERIES: Final = (
     ("en", "PostgreSQL vector index performance"),
-    ("en", "storm warning and heavy rain"),
-    ("en", "late equaliser in the derby"),
-    ("en", "interest rates and falling stocks"),
     ("ja", "東京の天気"),
+    ("en", "storm warning and heavy rain"),
     ("ja", "株式市場の下落"),
+    ("en", "late equaliser in the derby"),
     ("ja", "火星の探査車"),
+    ("en", "interest rates and falling stocks"),
     ("de", "Wetter am Wochenende"),
     ("fr", "recette de soupe à la tomate"),
     ("es", "elecciones y participación"),
@@ -972,7 +977,9 @@ def _title_templates(topic: str, language: str) -> tuple[str, ...]:
     return tuple(f"{en} {_EMOJI[topic][0]} {ja}" for en, ja in pairs)
 
 
-def _pools(seed: int) -> dict[tuple[str, str], _Pool]:
+@functools.lru_cache(maxsize=8)
+def _pools(seed: int) -> Mapping[tuple[str, str], _Pool]:
+    """Titles and paragraphs of every (language, topic), built once per seed."""
     rng = random.Random(f"embedder-sample-pools-{seed}")
     pools: dict[tuple[str, str], _Pool] = {}
     for language in LANGUAGES:
