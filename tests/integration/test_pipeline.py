@@ -32,7 +32,9 @@ def test_stored_vector_is_the_providers_vector(deps, make_article):
     article = make_article(title="東京の天気", content="今日は晴れです。")
     pipeline.intake(deps, [article])
     pipeline.drain(deps)
-    (stored,) = fetch(deps, "SELECT embedding FROM article_embeddings WHERE article_id = :a", a=article)[0]
+    (stored,) = fetch(
+        deps, "SELECT embedding FROM article_embeddings WHERE article_id = :a", a=article
+    )[0]
     expected = fake_vector(compose("東京の天気", "今日は晴れです。"), 1536)
     assert np.allclose(stored.to_numpy(), expected, atol=1e-6)
 
@@ -70,7 +72,10 @@ def test_unknown_ids_and_empty_text_are_recorded_not_fatal(deps, make_article):
 
     assert (result.embedded, result.failed, result.skipped) == (1, 1, 1)
     rows = fetch(deps, "SELECT article_id, state, reason FROM embedding_jobs ORDER BY article_id")
-    assert [tuple(r) for r in rows] == [(empty, "skipped", "empty_text"), (987654321, "failed", "not_found")]
+    assert [tuple(r) for r in rows] == [
+        (empty, "skipped", "empty_text"),
+        (987654321, "failed", "not_found"),
+    ]
 
 
 def test_ids_sent_twice_are_embedded_once(deps, make_article, fake_openai):
@@ -95,7 +100,9 @@ def test_400_on_one_input_embeds_the_rest_and_records_that_one(deps, make_articl
     assert tuple(row) == (bad, "failed", "invalid_input")
 
 
-def test_429_storm_ends_with_everything_embedded_within_the_retry_budget(deps, make_article, fake_openai):
+def test_429_storm_ends_with_everything_embedded_within_the_retry_budget(
+    deps, make_article, fake_openai
+):
     ids = [make_article() for _ in range(32)]
     fake_openai.fail_next(429, count=3, retry_after=0.01)
     pipeline.intake(deps, ids)
@@ -116,3 +123,20 @@ def test_retry_after_is_honoured(deps, make_article, fake_openai):
     pipeline.drain(deps)
     first, second = fake_openai.requests
     assert second.at - first.at >= 0.29
+
+
+def test_requests_stay_within_the_token_budget_planned_from_estimates(
+    make_deps, make_article, fake_openai
+):
+    deps = make_deps(embed_input_max_tokens=150, embed_batch_max_tokens=150)
+    ids = [
+        make_article(title="", content=f"{n:03d} " + "word " * 28) for n in range(12)
+    ]  # 144 bytes
+    pipeline.intake(deps, ids)
+
+    result = pipeline.drain(deps)
+
+    assert result.embedded == 12
+    # Under the per-input limit in bytes, so never counted: estimated at 72 tokens each,
+    # two inputs per request under a 150-token budget.
+    assert [len(r.inputs) for r in fake_openai.requests] == [2] * 6

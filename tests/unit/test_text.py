@@ -10,7 +10,6 @@ from worker.text import (
     compose,
     content_hash,
     count_tokens,
-    exact,
     prepare,
     truncate_tokens,
 )
@@ -175,12 +174,25 @@ def test_text_over_the_byte_bound_but_under_the_token_limit_is_counted_exactly()
     assert prepared == textmod.PreparedText(text, 20, is_exact=True, is_truncated=False)
 
 
-def test_exact_replaces_the_byte_bound_by_the_token_count():
-    prepared = prepare("hello world", 8191)
-    assert (prepared.token_bound, prepared.is_exact) == (11, False)
-    counted = exact(prepared)
-    assert counted == textmod.PreparedText("hello world", 2, is_exact=True, is_truncated=False)
-    assert exact(counted) is counted
+def test_token_estimate_is_exact_when_counted_else_half_the_bytes():
+    uncounted = prepare("hello world", 8191)
+    assert (uncounted.token_bound, uncounted.is_exact, uncounted.token_estimate) == (11, False, 6)
+    counted = prepare(" ".join(["hello world"] * 10), 100)
+    assert (counted.is_exact, counted.token_estimate) == (True, 20)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The quick brown fox jumps over the lazy dog. " * 40,
+        "東京の天気は晴れです。明日は雨が降るでしょう。" * 40,
+        "Der schnelle braune Fuchs springt über den faulen Hund. " * 40,
+    ],
+)
+def test_estimate_is_not_below_the_real_count_for_natural_text(text):
+    prepared = prepare(text, 100_000)
+    assert not prepared.is_exact
+    assert prepared.token_estimate >= count_tokens(text)
 
 
 @pytest.mark.parametrize(
