@@ -61,6 +61,7 @@ class Settings:
     embed_input_max_tokens: int = 8191
     embed_linger_ms: int = 200
     embed_drain_budget_s: float = 60.0
+    embed_request_concurrency: int = 2  # requests of one claim in flight at once
 
     # Retries: tenacity around each API call, then durable attempts in PostgreSQL.
     embed_retry_attempts: int = 6
@@ -132,6 +133,8 @@ class Settings:
             errors.append("DB_POOL_TIMEOUT_S must be positive")
         if not 1 <= self.embed_batch_max <= 2048:
             errors.append("EMBED_BATCH_MAX must be between 1 and 2048 (OpenAI's input limit)")
+        if not 1 <= self.embed_request_concurrency <= 16:
+            errors.append("EMBED_REQUEST_CONCURRENCY must be between 1 and 16")
         if self.embed_input_max_tokens < 16:
             errors.append("EMBED_INPUT_MAX_TOKENS must be at least 16")
         if self.embed_batch_max_tokens < self.embed_input_max_tokens:

@@ -6,6 +6,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -33,6 +34,7 @@ class Deps:
     _embedders: dict[str, Embedder] = field(default_factory=dict)
     _models: dict[str, ModelInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool: ThreadPoolExecutor | None = None
 
     def model(self, name: str | None) -> ModelInfo:
         """The registered model (cached per process); the configured default when None."""
@@ -64,7 +66,20 @@ class Deps:
                 self._embedders[info.name] = existing
             return existing
 
+    def request_pool(self) -> ThreadPoolExecutor:
+        """Threads for concurrent embedding requests of one claim (created on first use)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.settings.embed_request_concurrency,
+                    thread_name_prefix="embed-request",
+                )
+            return self._pool
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         for emb in self._embedders.values():
             emb.close()
         self._embedders.clear()

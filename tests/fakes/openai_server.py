@@ -185,11 +185,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/embeddings":
             return self._send(_error(404))
         headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.fake._process(headers, raw)
-        if reply.delay_s > 0 and self.server.fake._stopped.wait(reply.delay_s):
-            self.close_connection = True  # stop() cut the wait short: drop, don't answer
-            return
-        self._send(reply)
+        fake = self.server.fake
+        fake._enter()
+        try:
+            reply = fake._process(headers, raw)
+            if reply.delay_s > 0 and fake._stopped.wait(reply.delay_s):
+                self.close_connection = True  # stop() cut the wait short: drop, don't answer
+                return
+            self._send(reply)
+        finally:
+            fake._leave()
 
     def _send(self, reply: _Reply) -> None:
         try:
@@ -241,6 +246,17 @@ class FakeOpenAI:
             self._modes: collections.deque[ResponseMode] = collections.deque()
             self._rates, self._rng = _Rates(), random.Random(0)
             self._window, self._window_requests, self._window_tokens = 0, 0, 0
+            self._in_flight = 0
+            self.max_in_flight = 0  # most embeddings requests being answered at once
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> FakeOpenAI:

@@ -140,3 +140,24 @@ def test_requests_stay_within_the_token_budget_planned_from_estimates(
     # Under the per-input limit in bytes, so never counted: estimated at 72 tokens each,
     # two inputs per request under a 150-token budget.
     assert [len(r.inputs) for r in fake_openai.requests] == [2] * 6
+
+
+def test_a_claims_requests_are_in_flight_together(make_deps, make_article, fake_openai):
+    deps = make_deps(embed_batch_max=16, embed_batch_max_tokens=8191, embed_request_concurrency=2)
+    ids = [make_article(title="", content="x" * 3000) for _ in range(16)]  # 1,500 tokens estimated
+    fake_openai.latency_s = 0.5
+    pipeline.intake(deps, ids)
+
+    result = pipeline.drain(deps)
+
+    assert (result.embedded, result.batches) == (16, 4)  # 5 + 5 + 5 + 1 under 8,191 tokens
+    assert fake_openai.max_in_flight == 2
+
+
+def test_one_request_at_a_time_when_concurrency_is_one(make_deps, make_article, fake_openai):
+    deps = make_deps(embed_batch_max=16, embed_batch_max_tokens=8191, embed_request_concurrency=1)
+    ids = [make_article(title="", content="x" * 3000) for _ in range(16)]
+    fake_openai.latency_s = 0.2
+    pipeline.intake(deps, ids)
+    assert pipeline.drain(deps).embedded == 16
+    assert fake_openai.max_in_flight == 1
