@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
+from types import FrameType
 from typing import Any
 
 import redis
@@ -138,19 +140,75 @@ def _setup_logging(**_: object) -> None:
     logs.configure(settings.log_level, settings.log_format)
 
 
+# Graceful stop of a pool child. SIGTERM reaches the children too when the whole process
+# group is signalled (honcho, systemd, `docker stop` on a shell entrypoint); by default they
+# die mid-batch, stranding their claim until JOB_LEASE_S. Instead a busy child finishes the
+# batch in hand and its drain returns early (the parent's warm shutdown then acks and exits);
+# an idle child exits at once, through billiard's own handler.
+_stopping = threading.Event()
+_busy = 0
+_in_pool_child = False
+_previous_sigterm: Any = None
+
+
+def stopping() -> bool:
+    """True once this process was asked to stop: drains end after the current batch."""
+    return _stopping.is_set()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _stopping.set()
+    if _busy:
+        logger.warning("SIGTERM: stopping after the current batch")
+        return
+    if callable(_previous_sigterm):
+        _previous_sigterm(signum, frame)
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+@signals.task_prerun.connect
+def _task_started(**_: object) -> None:
+    global _busy, _previous_sigterm
+    _busy += 1
+    # Installed here, not at process init: billiard sets its own SIGTERM handler after
+    # worker_process_init. Only in prefork children: in a solo worker the main process's
+    # handler is Celery's warm shutdown, which must stay.
+    if _in_pool_child and threading.current_thread() is threading.main_thread():
+        current = signal.getsignal(signal.SIGTERM)
+        if current is not _on_sigterm:
+            _previous_sigterm = current
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@signals.task_postrun.connect
+def _task_finished(**_: object) -> None:
+    global _busy
+    _busy = max(_busy - 1, 0)
+
+
 @signals.worker_process_init.connect
 def _open_process_resources(**_: object) -> None:
-    global _redis
+    global _redis, _in_pool_child
     _redis = None  # never share the parent's sockets with a forked child
+    _in_pool_child = True
+    _stopping.clear()
     deps_mod.uninstall()
     deps_mod.install(_build())
 
 
 @signals.worker_process_shutdown.connect
-def _close_process_resources(**_: object) -> None:
+def _close_process_resources(pid: int | None = None, **_: object) -> None:
     built = deps_mod.uninstall()
     if built is not None:
         built.close()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Drop this child's live gauges (pool connections) from the aggregate; its counters
+        # stay, so totals never go backwards.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
 
 
 # Register the tasks with the app.

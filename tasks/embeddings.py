@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Task
 
-from tasks.app import KICK_KEY, STATS_KEY, app, get_deps, redis_client
+from tasks.app import KICK_KEY, STATS_KEY, app, get_deps, redis_client, stopping
 from worker import pipeline
 from worker.errors import PermanentError
 
@@ -62,7 +62,7 @@ def drain(self: Task, model: str | None = None) -> dict[str, Any]:
     info = deps.model(model)
     redis_client().delete(KICK_KEY.format(model=info.name))
     try:
-        result = pipeline.drain(deps, info.name)
+        result = pipeline.drain(deps, info.name, should_stop=stopping)
     except Exception as exc:
         if pipeline.is_db_transient(exc):
             raise self.retry(exc=exc, countdown=_db_backoff(self.request.retries)) from None

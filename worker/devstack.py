@@ -9,6 +9,7 @@ enqueues what lacks a vector and shows progress. Ctrl-C stops everything it star
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,10 @@ def _stack_env() -> tuple[dict[str, str], list[Any]]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("CELERY_BEAT_SCHEDULE", str(DATA / "celerybeat-schedule"))
     env.setdefault("FLOWER_PORT", "5555")
+    # Prometheus multiprocess samples of earlier runs would be summed into this one's.
+    metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(DATA / "metrics")))
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
     return env, started
 
 

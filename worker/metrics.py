@@ -1,8 +1,17 @@
 """Prometheus metrics. With Celery's prefork pool set PROMETHEUS_MULTIPROC_DIR so every child
-writes its samples to shared files; `embedder metrics-server` (or the worker's exporter)
-aggregates them (docs/operations.md)."""
+writes its samples to shared files; `embedder metrics-server` aggregates them and adds the
+backlog gauges (embedder_backlog_items, embedder_oldest_pending_seconds, embedder_jobs),
+which it reads from PostgreSQL at scrape time (worker/metrics_server.py)."""
 
 from __future__ import annotations
+
+import os
+
+# prometheus_client writes a file per process and metric type into this directory as soon
+# as a metric is created (below): it must exist. The variable itself must already be in the
+# environment when the process starts (Procfile, compose), before prometheus_client loads.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -30,15 +39,6 @@ API_LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 API_RETRIES = Counter("embedder_api_retries_total", "API retries by reason", ["reason"])
-BACKLOG = Gauge(
-    "embedder_backlog_items", "Pending items per model", ["model"], multiprocess_mode="max"
-)
-OLDEST_PENDING = Gauge(
-    "embedder_oldest_pending_seconds",
-    "Age of the oldest pending item",
-    ["model"],
-    multiprocess_mode="max",
-)
 POOL = Gauge(
     "embedder_db_pool_connections",
     "Pool connections by state, per process",
