@@ -70,6 +70,11 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
     """What runs when; docs/operations.md explains each entry."""
     return {
         "sweep-pending": {"task": "embeddings.sweep", "schedule": 30.0, "options": {"expires": 25}},
+        "reconcile-recent": {
+            "task": "embeddings.reconcile",
+            "schedule": 300.0,
+            "options": {"expires": 240},
+        },
         "ensure-partitions": {
             "task": "maintenance.ensure_partitions",
             "schedule": crontab(minute="7", hour="*/6"),

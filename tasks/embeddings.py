@@ -102,3 +102,13 @@ def sweep() -> dict[str, Any]:
         deps.kick_drain(model)
     pipeline.log_pool_stats(deps)
     return {"requeued": requeued, "failed": failed, "models": models}
+
+
+@app.task(name="embeddings.reconcile", acks_late=True)
+def reconcile() -> dict[str, Any]:
+    """Beat: queue recent articles that lack a vector and were never (or no longer) asked for."""
+    deps = get_deps()
+    count = pipeline.reconcile(deps)
+    if count:
+        deps.kick_drain(deps.model(None).name)
+    return {"queued": count}

@@ -69,6 +69,9 @@ class Settings:
     job_max_attempts: int = 5
     job_lease_s: int = 300
     job_retry_delay_s: int = 30
+    # Beat reconcile: recent articles with no vector and no job (a message Redis lost).
+    reconcile_window_hours: int = 72
+    reconcile_batch: int = 10_000
 
     # Shared rate limit across all workers (0 = unlimited).
     rate_limit_rpm: int = 0

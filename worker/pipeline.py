@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -386,6 +387,22 @@ def sweep(deps: Deps) -> tuple[int, int, list[str]]:
     if requeued or failed:
         logger.warning("sweep: %s stale in-flight items requeued, %s failed", requeued, failed)
     return requeued, failed, models
+
+
+def reconcile(deps: Deps, model: str | None = None) -> int:
+    """Record recent articles nobody asked for (lost messages, stale vectors); return count."""
+    settings = deps.settings
+    if settings.reconcile_window_hours <= 0:
+        return 0
+    info = deps.model(model)
+    since = datetime.now(UTC) - timedelta(hours=settings.reconcile_window_hours)
+    with deps.engine.begin() as conn:
+        count = repository.record_unasked(conn, info.name, since, settings.reconcile_batch)
+    if count:
+        logger.warning(
+            "reconcile: %s recent articles of %s had no vector and no job; queued", count, info.name
+        )
+    return count
 
 
 def log_pool_stats(deps: Deps) -> None:

@@ -355,6 +355,35 @@ def models_with_ready_work(conn: Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
+def record_unasked(conn: Connection, model: str, since: datetime, limit: int) -> int:
+    """Make pending the recent articles that lack a current vector and have no job at all.
+
+    Recovers ids whose messages Redis lost before intake, and articles whose `updated_at`
+    moved past their vector's. Bounded by `since` (recent partitions only, pruned) and
+    `limit` per run. Failed or skipped jobs are left alone: no retry storms.
+    """
+    result = conn.execute(
+        text(
+            """
+            INSERT INTO embedding_jobs (article_id, model, state)
+            SELECT a.id, :m, 'pending'
+            FROM articles a
+            LEFT JOIN article_embeddings e
+              ON e.article_id = a.id AND e.published_at = a.published_at AND e.model = :m
+            WHERE a.published_at >= :since
+              AND (e.article_id IS NULL OR a.updated_at > e.updated_at)
+              AND NOT EXISTS (SELECT 1 FROM embedding_jobs j
+                              WHERE j.article_id = a.id AND j.model = :m)
+            ORDER BY a.published_at DESC
+            LIMIT :n
+            ON CONFLICT (article_id, model) DO NOTHING
+            """
+        ),
+        {"m": model, "since": since, "n": limit},
+    )
+    return result.rowcount
+
+
 def redrive_failed(
     conn: Connection, *, model: str | None, reason: str | None, include_skipped: bool = False
 ) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import numpy as np
 import pytest
 from sqlalchemy import text
@@ -161,3 +163,41 @@ def test_one_request_at_a_time_when_concurrency_is_one(make_deps, make_article, 
     pipeline.intake(deps, ids)
     assert pipeline.drain(deps).embedded == 16
     assert fake_openai.max_in_flight == 1
+
+
+def test_reconcile_queues_recent_articles_nobody_asked_for(deps, make_article):
+    lost = make_article()  # its message never reached the worker
+    done = make_article()
+    pipeline.intake(deps, [done])
+    pipeline.drain(deps)
+    old = make_article(published_at=datetime.now(UTC) - timedelta(days=30))
+
+    assert pipeline.reconcile(deps) == 1
+    assert pipeline.drain(deps).embedded == 1
+    rows = fetch(deps, "SELECT article_id FROM article_embeddings ORDER BY article_id")
+    assert [r[0] for r in rows] == sorted([lost, done])
+    assert old not in [r[0] for r in rows]  # outside the window: `embedder backfill` covers it
+
+
+def test_reconcile_requeues_an_article_updated_after_its_vector(deps, make_article, fake_openai):
+    a = make_article()
+    pipeline.intake(deps, [a])
+    pipeline.drain(deps)
+    with deps.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE articles SET content = 'edited', updated_at = now() WHERE id = :a"),
+            {"a": a},
+        )
+    fake_openai.reset()
+
+    assert pipeline.reconcile(deps) == 1
+    assert pipeline.drain(deps).embedded == 1
+    assert fake_openai.requests[0].inputs == [compose("Article 0", "edited")]
+    assert pipeline.reconcile(deps) == 0  # current again
+
+
+def test_reconcile_leaves_failed_items_alone(deps, make_article):
+    empty = make_article(title=" ", content=" ")
+    pipeline.intake(deps, [empty])
+    pipeline.drain(deps)
+    assert pipeline.reconcile(deps) == 0
