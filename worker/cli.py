@@ -183,6 +183,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from worker.diagnostics import failed, render, run_diagnostics
+
+    checks = run_diagnostics(_deps("embedder-diagnose"))
+    if args.json:
+        report = {"ok": not failed(checks), "checks": [c.as_dict() for c in checks]}
+        print(json.dumps(report, indent=2))
+    else:
+        print(render(checks))
+    return 1 if failed(checks) else 0
+
+
 def cmd_sweep(_args: argparse.Namespace) -> int:
     from worker import pipeline
 
@@ -191,6 +203,42 @@ def cmd_sweep(_args: argparse.Namespace) -> int:
     for model in models:
         _kick(deps, model)
     print(f"requeued={requeued} failed={failed} drains={len(models)}")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from worker.config import Settings
+    from worker.health import check_health
+
+    health = check_health(
+        Settings.from_env(),
+        max_backlog_age_s=args.max_backlog_age,
+        skip=args.skip or (),
+        worker_names=args.worker or None,
+        timeout_s=args.timeout,
+    )
+    print(json.dumps(health.as_dict(), indent=2) if args.json else health.render())
+    return 0 if health.ok else 1
+
+
+def cmd_metrics_server(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from worker.config import Settings
+    from worker.db import make_engine
+    from worker.metrics_server import make_metrics_server
+
+    # Scrapes are rare and each needs one connection: never hold a worker-sized pool.
+    settings = replace(Settings.from_env(), db_pool_size=1, db_max_overflow=1)
+    engine = make_engine(settings, application_name="embedder-metrics")
+    server = make_metrics_server(engine, args.address, args.port)
+    print(f"serving Prometheus metrics on http://{args.address}:{server.server_port}/metrics")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        engine.dispose()
     return 0
 
 
@@ -247,7 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model")
     sp.add_argument("-k", type=int, default=5)
     sp.add_argument("--since", help="ISO date: only articles published since")
+    sp = add("diagnose", cmd_diagnose, "schema drift, index and plan checks; exit 1 on a failure")
+    sp.add_argument("--json", action="store_true")
     add("sweep", cmd_sweep, "requeue stale in-flight items and drain pending work now")
+    sp = add("health", cmd_health, "database at head, broker, a live worker, backlog age; exit 0/1")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--max-backlog-age", type=float, default=900.0, metavar="S")
+    sp.add_argument("--skip", action="append", choices=["database", "broker", "worker", "backlog"])
+    sp.add_argument("--worker", action="append", metavar="NAME", help="ping this worker only")
+    sp.add_argument("--timeout", type=float, default=2.0, metavar="S")
+    sp = add("metrics-server", cmd_metrics_server, "Prometheus exporter for all worker processes")
+    sp.add_argument("--port", type=int, default=9808)
+    sp.add_argument("--address", default="127.0.0.1")
     return p
 
 

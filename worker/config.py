@@ -79,8 +79,8 @@ class Settings:
 
     # Maintenance
     partitions_ahead: int = 3
-    hnsw_m: int = 16
-    hnsw_ef_construction: int = 64
+    hnsw_m: int = 24
+    hnsw_ef_construction: int = 128
     hnsw_ef_search: int = 100
     # Rebuild a model's HNSW index when updates + deletes since its last build exceed this
     # share of the live rows (checked daily by beat; 0 disables the churn trigger).

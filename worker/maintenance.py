@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 # pgvector's HNSW on `vector` supports up to 2000 dimensions; above that, index a halfvec cast.
 HNSW_VECTOR_MAX_DIMS = 2000
+# How often a build's progress (pg_stat_progress_create_index) is sampled.
+PROGRESS_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -31,6 +34,10 @@ class MaintenanceResult:
     created: list[str] = field(default_factory=list)
     rebuilt: list[str] = field(default_factory=list)
     dropped_invalid: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # partitions removed by retention
+    churn: dict[str, float] = field(default_factory=dict)  # model -> churn ratio since build
+    durations: dict[str, float] = field(default_factory=dict)  # index -> build seconds
+    progress: list[dict[str, Any]] = field(default_factory=list)  # phases seen while building
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -56,7 +63,11 @@ def advisory_lock(conn: Connection, name: str) -> Iterator[bool]:
 
 
 def ensure_partitions(deps: Deps, months_ahead: int | None = None) -> MaintenanceResult:
-    """Create this month's and the next N months' partitions (idempotent, lock-guarded)."""
+    """Create this month's and the next N months' partitions (idempotent, lock-guarded).
+
+    With PARTITION_RETENTION_MONTHS > 0, partitions older than that are then detached and
+    dropped (in a second transaction, so a failed drop never undoes the creation).
+    """
     result = MaintenanceResult(job="partitions")
     started = time.perf_counter()
     ahead = deps.settings.partitions_ahead if months_ahead is None else months_ahead
@@ -68,6 +79,10 @@ def ensure_partitions(deps: Deps, months_ahead: int | None = None) -> Maintenanc
             return result
         with conn.begin():
             result.created = partitions.ensure_partitions(conn, ahead)
+        keep = deps.settings.partition_retention_months
+        if keep > 0:
+            with conn.begin():
+                result.dropped = partitions.drop_old_partitions(conn, keep)
     result.seconds = time.perf_counter() - started
     metrics.MAINTENANCE_SECONDS.labels(job="partitions").observe(result.seconds)
     if result.created:
@@ -125,6 +140,8 @@ def _session_settings(conn: Connection, settings: Settings) -> None:
     conn.execute(
         text("SET maintenance_work_mem = " + _quote_literal(settings.maintenance_work_mem))
     )
+    workers = max(0, int(settings.maintenance_parallel_workers))
+    conn.execute(text(f"SET max_parallel_maintenance_workers = {workers}"))
     conn.execute(text("SET statement_timeout = 0"))
 
 
@@ -136,18 +153,184 @@ def ensure_model_index(engine: Engine, info: ModelInfo, settings: Settings) -> M
         if not held:
             result.is_locked_out = True
             return result
-        state = index_state(conn, name)
-        if state == "invalid":
-            logger.warning("dropping invalid index %s left by an interrupted build", name)
-            conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
-            result.dropped_invalid.append(name)
-        if state != "valid":
-            started = time.perf_counter()
+        result.dropped_invalid += drop_invalid_leftovers(conn, name)
+        if index_state(conn, name) != "valid":
             _session_settings(conn, settings)
-            conn.execute(text(create_index_sql(info, settings)))
+            with _ProgressWatcher(engine, conn, name) as watcher:
+                started = time.perf_counter()
+                conn.execute(text(create_index_sql(info, settings)))
+                seconds = time.perf_counter() - started
+            record_build(conn, info, seconds)
+            logger.info("built %s in %.1fs", name, seconds)
             result.created.append(name)
-            result.seconds = time.perf_counter() - started
+            result.durations[name] = seconds
+            result.progress += watcher.samples
+            result.seconds = seconds
     return result
+
+
+def drop_invalid_leftovers(conn: Connection, name: str) -> list[str]:
+    """Drop invalid copies of index `name`: itself, or REINDEX's `_ccnew`/`_ccold` leftovers.
+
+    A CREATE INDEX CONCURRENTLY or REINDEX CONCURRENTLY that fails or is cancelled leaves an
+    index marked invalid: never used by queries, yet still updated by every write. `conn`
+    must be in autocommit mode (DROP INDEX CONCURRENTLY).
+    """
+    rows = conn.execute(
+        text(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE NOT i.indisvalid AND c.relnamespace = current_schema()::regnamespace "
+            "AND (c.relname = :n OR c.relname ~ ('^' || :n || '_cc(new|old)[0-9]*$'))"
+        ),
+        {"n": name},
+    )
+    dropped = [r[0] for r in rows]
+    for leftover in dropped:
+        logger.warning("dropping invalid index %s left by an interrupted build", leftover)
+        conn.execute(text(f'DROP INDEX CONCURRENTLY IF EXISTS "{leftover}"'))
+    return dropped
+
+
+@dataclass(frozen=True)
+class TableCounters:
+    """article_embeddings' cumulative counters from pg_stat_user_tables."""
+
+    live_rows: int
+    tup_upd: int
+    tup_del: int
+
+
+def table_counters(conn: Connection) -> TableCounters:
+    row = conn.execute(
+        text(
+            "SELECT coalesce(n_live_tup, 0), coalesce(n_tup_upd, 0), coalesce(n_tup_del, 0) "
+            "FROM pg_stat_user_tables WHERE relid = 'article_embeddings'::regclass"
+        )
+    ).one_or_none()
+    return TableCounters(*row) if row is not None else TableCounters(0, 0, 0)
+
+
+def record_build(conn: Connection, info: ModelInfo, seconds: float | None) -> None:
+    """Remember when the model's index was built and the table counters at that moment."""
+    counters = table_counters(conn)
+    conn.execute(
+        text(
+            """
+            INSERT INTO hnsw_index_builds
+                (model, index_name, built_at, build_seconds, live_rows, tup_upd, tup_del)
+            VALUES (:m, :n, now(), :s, :live, :upd, :del)
+            ON CONFLICT (model) DO UPDATE SET
+                index_name = EXCLUDED.index_name, built_at = EXCLUDED.built_at,
+                build_seconds = EXCLUDED.build_seconds, live_rows = EXCLUDED.live_rows,
+                tup_upd = EXCLUDED.tup_upd, tup_del = EXCLUDED.tup_del
+            """
+        ),
+        {
+            "m": info.name,
+            "n": index_name(info.name),
+            "s": seconds,
+            "live": counters.live_rows,
+            "upd": counters.tup_upd,
+            "del": counters.tup_del,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Churn:
+    model: str
+    built_at: Any
+    changed: int  # updates + deletes on article_embeddings since the build
+    live_rows: int
+    ratio: float
+
+
+def hnsw_churn(conn: Connection, info: ModelInfo) -> Churn | None:
+    """Updates + deletes since the model's last index build, as a share of the live rows.
+
+    Derived from pg_stat_user_tables' cumulative n_tup_upd / n_tup_del on
+    article_embeddings, minus the snapshot stored in hnsw_index_builds at the last build
+    (migration 0003). Trade-offs, chosen over counting rows ourselves: the counters cost
+    nothing to keep, but they are table-wide (PostgreSQL does not count per partial index),
+    so heavy churn of one model also triggers the other models' rebuilds: conservative,
+    never late. After a statistics reset (counters lower than the snapshot) the counters
+    since the reset are taken as the churn. None when the index has no recorded build.
+    """
+    row = conn.execute(
+        text(
+            "SELECT built_at, live_rows, tup_upd, tup_del FROM hnsw_index_builds WHERE model = :m"
+        ),
+        {"m": info.name},
+    ).one_or_none()
+    if row is None:
+        return None
+    built_at, live_then, upd_then, del_then = row
+    now = table_counters(conn)
+    if now.tup_upd < upd_then or now.tup_del < del_then:  # statistics were reset
+        upd_then = del_then = 0
+    changed = (now.tup_upd - upd_then) + (now.tup_del - del_then)
+    live = max(int(live_then), now.live_rows, 1)
+    return Churn(info.name, built_at, changed, live, changed / live)
+
+
+class _ProgressWatcher:
+    """Samples pg_stat_progress_create_index for the building session from another one."""
+
+    def __init__(
+        self, engine: Engine, building: Connection, name: str, interval_s: float | None = None
+    ) -> None:
+        self.engine = engine
+        self.pid = int(building.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        self.name = name
+        self.interval_s = PROGRESS_INTERVAL_S if interval_s is None else interval_s
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"progress-{name}", daemon=True)
+
+    def __enter__(self) -> _ProgressWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            with _autocommit(self.engine) as conn:
+                while not self._stop.is_set():
+                    row = conn.execute(
+                        text(
+                            "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total "
+                            "FROM pg_stat_progress_create_index WHERE pid = :p"
+                        ),
+                        {"p": self.pid},
+                    ).one_or_none()
+                    if row is not None and (
+                        not self.samples or self.samples[-1]["phase"] != row[0]
+                    ):
+                        sample = {
+                            "index": self.name,
+                            "at_s": round(time.perf_counter() - started, 2),
+                            "phase": row[0],
+                            "blocks": [row[1], row[2]],
+                            "tuples": [row[3], row[4]],
+                        }
+                        self.samples.append(sample)
+                        logger.info(
+                            "building %s: %s (blocks %s/%s, tuples %s/%s) after %.1fs",
+                            self.name,
+                            row[0],
+                            row[1],
+                            row[2],
+                            row[3],
+                            row[4],
+                            sample["at_s"],
+                        )
+                    self._stop.wait(self.interval_s)
+        except Exception:  # progress is a nicety: never let it break a rebuild
+            logger.debug("progress watcher for %s stopped", self.name, exc_info=True)
 
 
 def register_model(
@@ -169,9 +352,17 @@ def register_model(
 
 
 def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -> MaintenanceResult:
-    """REINDEX CONCURRENTLY each model's HNSW index (writes keep flowing meanwhile)."""
+    """REINDEX CONCURRENTLY each model's HNSW index (writes keep flowing meanwhile).
+
+    force=False (the daily beat check) rebuilds only indexes whose churn since their last
+    build (see hnsw_churn) reaches HNSW_REBUILD_CHURN_RATIO; force=True (weekly, and
+    `embedder maintain hnsw`) rebuilds every one. Missing indexes and invalid leftovers of
+    interrupted builds are built or dropped either way. Models in backfill mode
+    (is_indexed false) are skipped.
+    """
     result = MaintenanceResult(job="hnsw_rebuild")
     started = time.perf_counter()
+    settings = deps.settings
     with deps.engine.connect() as conn:
         models = [m for m in repository.list_models(conn) if model is None or m.name == model]
     for info in models:
@@ -180,29 +371,56 @@ def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -
         name = index_name(info.name)
         with _autocommit(deps.engine) as conn:
             state = index_state(conn, name)
+            churn = hnsw_churn(conn, info) if state == "valid" else None
+            if state == "valid" and churn is None:
+                record_build(conn, info, None)  # built before tracking: start counting now
+        if churn is not None:
+            result.churn[info.name] = round(churn.ratio, 4)
         if state != "valid":
             # Missing or left invalid by an interrupted build: build it (replacing a leftover).
-            ensured = ensure_model_index(deps.engine, info, deps.settings)
+            ensured = ensure_model_index(deps.engine, info, settings)
             result.created += ensured.created
             result.dropped_invalid += ensured.dropped_invalid
+            result.durations.update(ensured.durations)
+            result.progress += ensured.progress
             result.is_locked_out = result.is_locked_out or ensured.is_locked_out
-        elif force:
-            if _reindex(deps, info, name):
-                result.rebuilt.append(name)
-            else:
-                result.is_locked_out = True
+            continue
+        due = force or (
+            churn is not None
+            and settings.hnsw_rebuild_churn_ratio > 0
+            and churn.ratio >= settings.hnsw_rebuild_churn_ratio
+        )
+        if not due:
+            continue
+        if churn is not None and not force:
+            logger.info(
+                "%s: churn %.2f since %s reaches %.2f; rebuilding",
+                name,
+                churn.ratio,
+                churn.built_at,
+                settings.hnsw_rebuild_churn_ratio,
+            )
+        if not _reindex(deps, info, name, result):
+            result.is_locked_out = True
     result.seconds = time.perf_counter() - started
     metrics.MAINTENANCE_SECONDS.labels(job="hnsw_rebuild").observe(result.seconds)
     return result
 
 
-def _reindex(deps: Deps, info: ModelInfo, name: str) -> bool:
+def _reindex(deps: Deps, info: ModelInfo, name: str, result: MaintenanceResult) -> bool:
     """REINDEX INDEX CONCURRENTLY under the model's lock; False when someone else holds it."""
     with _autocommit(deps.engine) as conn, advisory_lock(conn, f"hnsw:{info.name}") as held:
         if not held:
             return False
+        result.dropped_invalid += drop_invalid_leftovers(conn, name)
         _session_settings(conn, deps.settings)
-        started = time.perf_counter()
-        conn.execute(text(f"REINDEX INDEX CONCURRENTLY {name}"))
-        logger.info("rebuilt %s in %.1fs", name, time.perf_counter() - started)
+        with _ProgressWatcher(deps.engine, conn, name) as watcher:
+            started = time.perf_counter()
+            conn.execute(text(f"REINDEX INDEX CONCURRENTLY {name}"))
+            seconds = time.perf_counter() - started
+        record_build(conn, info, seconds)
+        logger.info("rebuilt %s in %.1fs", name, seconds)
+        result.rebuilt.append(name)
+        result.durations[name] = seconds
+        result.progress += watcher.samples
         return True

@@ -14,6 +14,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Double,
     ForeignKey,
     ForeignKeyConstraint,
     Identity,
@@ -141,4 +142,23 @@ embedding_jobs = Table(
     ),
     # Serves the model FK (cascading deletes) and the status/retry-failed views.
     Index("embedding_jobs_model_state_idx", "model", "state", "reason"),
+)
+
+# The article_embeddings counters at each model's last HNSW build (worker.maintenance).
+hnsw_index_builds = Table(
+    "hnsw_index_builds",
+    metadata,
+    Column(
+        "model",
+        Text,
+        ForeignKey("embedding_models.name", ondelete="CASCADE", onupdate="CASCADE"),
+        primary_key=True,
+    ),
+    Column("index_name", Text, nullable=False),
+    Column("built_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("build_seconds", Double, nullable=True),
+    Column("live_rows", BigInteger, nullable=False, server_default="0"),
+    Column("tup_upd", BigInteger, nullable=False, server_default="0"),
+    Column("tup_del", BigInteger, nullable=False, server_default="0"),
+    Column("stats_reset", DateTime(timezone=True), nullable=True),
 )

@@ -6,6 +6,7 @@ Shared by the first migration (current month + N ahead) and the maintenance beat
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -14,6 +15,7 @@ from sqlalchemy import Connection, text
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARTITION = "articles_default"
+_MONTH_NAME = re.compile(r"^articles_(\d{4})_(\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,18 @@ def ensure_default_partition(conn: Connection) -> None:
 def create_month_partition(conn: Connection, part: MonthPartition) -> int:
     """Create one month's partition in the caller's transaction; return rows moved from DEFAULT.
 
-    Rows of that month already in DEFAULT would make a plain CREATE … PARTITION OF fail, so
-    they are moved: DEFAULT is locked (inserts for it wait, never fail), the rows and their
-    embeddings are stashed, deleted (the FK cascades), and re-inserted once the partition
-    exists. Other sessions see either the old or the new layout, never a gap.
+    Locks, in the order inserts take them (parent, then partition), so none can deadlock:
+    `articles` in SHARE ROW EXCLUSIVE mode, which makes writes to articles wait (not fail)
+    for the few statements below while reads, and the FK checks of embedding writes, go on;
+    an insert must wait *before* it routes its row, or it would route it to DEFAULT and
+    then fail DEFAULT's narrowed constraint. Then DEFAULT (ATTACH scans it). The partition
+    is created standalone and ATTACHed rather than created with `PARTITION OF`, which would
+    take ACCESS EXCLUSIVE on `articles` and block every read. Rows of the month already in
+    DEFAULT are moved: they and their embeddings are stashed, deleted (the FK cascades) and
+    re-inserted once the partition is attached. Other sessions see either the old or the
+    new layout, never a gap.
     """
+    conn.execute(text("LOCK TABLE articles IN SHARE ROW EXCLUSIVE MODE"))
     conn.execute(text(f"LOCK TABLE {DEFAULT_PARTITION} IN ACCESS EXCLUSIVE MODE"))
     bounds = {"lo": part.start_literal, "hi": part.end_literal}
     in_range = (
@@ -98,12 +107,24 @@ def create_month_partition(conn: Connection, part: MonthPartition) -> int:
             )
         )
         conn.execute(text(f"DELETE FROM {DEFAULT_PARTITION} WHERE {in_range}"), bounds)
+    lo, hi = f"'{part.start_literal}'", f"'{part.end_literal}'"
     conn.execute(
         text(
-            f"CREATE TABLE IF NOT EXISTS {part.name} PARTITION OF articles "
-            f"FOR VALUES FROM ('{part.start_literal}') TO ('{part.end_literal}')"
+            f"CREATE TABLE IF NOT EXISTS {part.name} "
+            "(LIKE articles INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)"
         )
     )
+    # A matching CHECK lets ATTACH skip scanning the new table; dropped once attached.
+    conn.execute(
+        text(
+            f"ALTER TABLE {part.name} ADD CONSTRAINT {part.name}_bounds "
+            f"CHECK (published_at >= {lo} AND published_at < {hi})"
+        )
+    )
+    conn.execute(
+        text(f"ALTER TABLE articles ATTACH PARTITION {part.name} FOR VALUES FROM ({lo}) TO ({hi})")
+    )
+    conn.execute(text(f"ALTER TABLE {part.name} DROP CONSTRAINT {part.name}_bounds"))
     if moved:
         conn.execute(
             text("INSERT INTO articles OVERRIDING SYSTEM VALUE SELECT * FROM _moved_articles")
@@ -126,3 +147,63 @@ def ensure_partitions(conn: Connection, months_ahead: int, today: date | None = 
             create_month_partition(conn, part)
             created.append(part.name)
     return created
+
+
+def add_months(day: date, months: int) -> tuple[int, int]:
+    """(year, month) of the month `months` after (or before, if negative) `day`'s month."""
+    index = day.year * 12 + day.month - 1 + months
+    return index // 12, index % 12 + 1
+
+
+def partitions_older_than(present: set[str], keep_months: int, today: date) -> list[str]:
+    """Monthly partitions wholly before the first day of the month `keep_months` ago."""
+    year, month = add_months(today, -keep_months)
+    cutoff = date(year, month, 1)
+    old = []
+    for name in present:
+        match = _MONTH_NAME.match(name)
+        if match and month_partition(int(match[1]), int(match[2])).end <= cutoff:
+            old.append(name)
+    return sorted(old)
+
+
+def drop_old_partitions(conn: Connection, keep_months: int, today: date | None = None) -> list[str]:
+    """Detach and drop monthly partitions older than `keep_months` months, with their vectors.
+
+    Destructive by design and off unless PARTITION_RETENTION_MONTHS > 0; every dropped
+    partition is logged at WARNING. The partition's embeddings and job rows go first (the
+    FK from article_embeddings would refuse the DETACH), then DETACH (a plain one: DETACH
+    CONCURRENTLY is not allowed while a DEFAULT partition exists) and DROP, all in the
+    caller's transaction.
+    """
+    if keep_months <= 0:
+        return []
+    today = today or datetime.now(UTC).date()
+    dropped = []
+    for name in partitions_older_than(existing_partitions(conn), keep_months, today):
+        match = _MONTH_NAME.match(name)
+        assert match is not None
+        part = month_partition(int(match[1]), int(match[2]))
+        bounds = {"lo": part.start_literal, "hi": part.end_literal}
+        vectors = conn.execute(
+            text(
+                "DELETE FROM article_embeddings WHERE published_at >= CAST(:lo AS timestamptz) "
+                "AND published_at < CAST(:hi AS timestamptz)"
+            ),
+            bounds,
+        ).rowcount
+        conn.execute(
+            text(f"DELETE FROM embedding_jobs WHERE article_id IN (SELECT id FROM {name})")
+        )
+        rows = conn.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()
+        conn.execute(text(f"ALTER TABLE articles DETACH PARTITION {name}"))
+        conn.execute(text(f"DROP TABLE {name}"))
+        logger.warning(
+            "retention: dropped partition %s (%s articles, %s vectors) older than %s months",
+            name,
+            rows,
+            vectors,
+            keep_months,
+        )
+        dropped.append(name)
+    return dropped

@@ -47,14 +47,20 @@ def test_upgrade_creates_schema_partitions_and_indexes(empty_engine: Engine) -> 
     _upgrade(empty_engine)
     assert _tables(empty_engine) >= TABLES
     with empty_engine.connect() as conn:
-        parts = conn.execute(
-            text(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "WHERE i.inhparent = 'articles'::regclass ORDER BY 1"
+        parts = (
+            conn.execute(
+                text(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'articles'::regclass ORDER BY 1"
+                )
             )
-        ).scalars().all()
+            .scalars()
+            .all()
+        )
         indexes = set(
-            conn.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'articles'")).scalars()
+            conn.execute(
+                text("SELECT indexname FROM pg_indexes WHERE tablename = 'articles'")
+            ).scalars()
         )
     assert "articles_default" in parts
     assert len([p for p in parts if p != "articles_default"]) == 4  # this month + 3 ahead

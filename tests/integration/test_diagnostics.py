@@ -1,0 +1,114 @@
+"""`embedder diagnose` against real PostgreSQL: a healthy database passes, a broken one is
+reported check by check and exits 1."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import SMALL_MODEL
+from worker import cli, diagnostics, maintenance, partitions
+from worker.deps import Deps
+
+pytestmark = pytest.mark.integration
+
+
+def by_name(checks: list[diagnostics.Check]) -> dict[str, diagnostics.Check]:
+    return {c.name: c for c in checks}
+
+
+def run_cli(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, Any]]:
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("EMBEDDING_PROVIDER", "local")
+    code = cli.main(["diagnose", "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_healthy_database_passes_every_check(
+    deps: Deps, settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checks = diagnostics.run_diagnostics(deps)
+
+    failures = [c for c in checks if c.status == "fail"]
+    assert failures == []
+    names = {c.name for c in checks}
+    assert {
+        "migrations",
+        "fk_indexes",
+        "expected_indexes",
+        "invalid_indexes",
+        "duplicate_indexes",
+        "partitions",
+        "plan: batch article load",
+        "plan: upsert conflict target",
+        "plan: recent-articles browse",
+        f"plan: vector search {SMALL_MODEL}",
+    } <= names
+    code, report = run_cli(settings, monkeypatch, capsys)
+    assert (code, report["ok"]) == (0, True)
+
+
+def test_broken_database_reports_each_problem_and_exits_1(
+    deps: Deps,
+    database_url: str,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    today = datetime.now(UTC).date()
+    coming = partitions.month_partition(*partitions.add_months(today, 2)).name
+    small_index = maintenance.index_name(SMALL_MODEL)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP INDEX article_embeddings_article_published_idx")  # the FK's index
+        conn.execute(f"ALTER TABLE articles DETACH PARTITION {coming}")
+        conn.execute(f"DROP TABLE {coming}")
+        conn.execute(
+            f"UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{small_index}'::regclass"
+        )
+        conn.execute("CREATE INDEX jobs_dup_idx ON embedding_jobs (model, state, reason)")
+        conn.execute("UPDATE alembic_version SET version_num = '0002'")
+
+    checks = by_name(diagnostics.run_diagnostics(deps))
+
+    assert checks["fk_indexes"].status == "fail"
+    assert checks["fk_indexes"].details == [
+        "article_embeddings.article_embeddings_article_fkey (article_id, published_at)"
+    ]
+    assert checks["expected_indexes"].status == "fail"
+    assert checks["expected_indexes"].details == [
+        "article_embeddings: article_embeddings_article_published_idx"
+    ]
+    assert (checks["invalid_indexes"].status, checks["invalid_indexes"].details) == (
+        "fail",
+        [small_index],
+    )
+    assert checks["partitions"].status == "fail" and coming in checks["partitions"].summary
+    assert checks["duplicate_indexes"].status == "fail"
+    assert checks["duplicate_indexes"].details == [
+        "embedding_jobs: embedding_jobs_model_state_idx, jobs_dup_idx"
+    ]
+    assert checks["migrations"].status == "fail" and "0002" in checks["migrations"].summary
+    assert checks[f"plan: vector search {SMALL_MODEL}"].status == "fail"  # invalid: unusable
+    assert checks["plan: upsert conflict target"].status == "pass"
+
+    code, report = run_cli(settings, monkeypatch, capsys)
+    assert code == 1 and report["ok"] is False
+    failing = {c["name"] for c in report["checks"] if c["status"] == "fail"}
+    assert {"fk_indexes", "invalid_indexes", "partitions", "migrations"} <= failing
+
+
+def test_text_report_marks_failures(deps: Deps, database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP INDEX embedding_jobs_model_state_idx")
+    checks = diagnostics.run_diagnostics(deps)
+    report = diagnostics.render(checks)
+    assert "[FAIL] fk_indexes: 1 foreign key(s) without an index" in report
+    assert "embedding_jobs.embedding_jobs_model_fkey (model)" in report
+    assert report.endswith(f"{len(checks)} checks, 2 failed")  # FK index and expected index
