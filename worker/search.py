@@ -72,10 +72,14 @@ def apply_search_settings(conn: Connection, ef_search: int, *, filtered: bool) -
       values it prefers a parallel sequential scan: measured 285 ms instead of 6 ms at 100k
       rows (docs/benchmarks.md). Only a discouragement: with no usable index the scan
       still runs.
+    - enable_sort = off: likewise for sorting every row of a model (the planner picks it
+      for models with a few thousand rows, where its HNSW cost estimate is pessimistic);
+      searches then behave the same at every size. The final sort of the k rows remains.
     """
     conn.execute(text(f"SET LOCAL hnsw.ef_search = {int(ef_search)}"))
     conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     conn.execute(text("SET LOCAL enable_seqscan = off"))
+    conn.execute(text("SET LOCAL enable_sort = off"))
     if filtered:
         conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
 

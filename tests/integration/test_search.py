@@ -17,7 +17,13 @@ from tests.fakes.openai_server import FakeOpenAI, fake_vector
 from tests.integration.test_maintenance import load_vectors, month_start, unit_vectors
 from worker import cli, maintenance, partitions
 from worker.deps import Deps
-from worker.search import search_like, search_sql, search_text, search_vector
+from worker.search import (
+    apply_search_settings,
+    search_like,
+    search_sql,
+    search_text,
+    search_vector,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +32,9 @@ ROWS = {MODEL: 3000, SMALL_MODEL: 2000}
 
 
 def explain(deps: Deps, sql: str, **params: Any) -> str:
+    """The plan search would get: same settings as worker.search applies per query."""
     with deps.engine.begin() as conn:
+        apply_search_settings(conn, deps.settings.hnsw_ef_search, filtered="since" in params)
         return "\n".join(r[0] for r in conn.execute(text("EXPLAIN " + sql), params))
 
 
