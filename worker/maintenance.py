@@ -336,10 +336,19 @@ class _ProgressWatcher:
 def register_model(
     deps: Deps, name: str, dimensions: int, provider: str | None = None, *, build_index: bool = True
 ) -> ModelInfo:
-    """Add a model to the registry (a row) and build its HNSW index; idempotent."""
+    """Add a model to the registry (a row) and build its HNSW index; idempotent.
+
+    build_index=False registers a new model in backfill mode: vectors are written with no
+    index to maintain per insert, searches of it are refused, and the index is built once
+    when its backlog is done (rebuild_hnsw) or on demand (`embedder maintain hnsw --model`).
+    """
     with deps.engine.begin() as conn:
         info = repository.insert_model(
-            conn, name, dimensions, provider or deps.settings.embedding_provider
+            conn,
+            name,
+            dimensions,
+            provider or deps.settings.embedding_provider,
+            is_indexed=build_index,
         )
     if info.dimensions != dimensions:
         raise ValueError(
@@ -357,8 +366,8 @@ def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -
     force=False (the daily beat check) rebuilds only indexes whose churn since their last
     build (see hnsw_churn) reaches HNSW_REBUILD_CHURN_RATIO; force=True (weekly, and
     `embedder maintain hnsw`) rebuilds every one. Missing indexes and invalid leftovers of
-    interrupted builds are built or dropped either way. Models in backfill mode
-    (is_indexed false) are skipped.
+    interrupted builds are built or dropped either way. A model in backfill mode
+    (is_indexed false) gets its index once its backlog is done, or when named in `model`.
     """
     result = MaintenanceResult(job="hnsw_rebuild")
     started = time.perf_counter()
@@ -367,6 +376,7 @@ def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -
         models = [m for m in repository.list_models(conn) if model is None or m.name == model]
     for info in models:
         if not info.is_indexed:
+            _finish_backfill(deps, info, is_requested=model == info.name, result=result)
             continue
         name = index_name(info.name)
         with _autocommit(deps.engine) as conn:
@@ -405,6 +415,32 @@ def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -
     result.seconds = time.perf_counter() - started
     metrics.MAINTENANCE_SECONDS.labels(job="hnsw_rebuild").observe(result.seconds)
     return result
+
+
+def _finish_backfill(
+    deps: Deps, info: ModelInfo, *, is_requested: bool, result: MaintenanceResult
+) -> bool:
+    """Build a backfilled model's index once its backlog is done (or when asked by name),
+    then serve searches from it. Returns whether the index was built."""
+    with deps.engine.connect() as conn:
+        open_jobs = repository.open_job_count(conn, info.name)
+    if open_jobs and not is_requested:
+        logger.info(
+            "%s: backfill in progress (%s open jobs); index build deferred", info.name, open_jobs
+        )
+        return False
+    ensured = ensure_model_index(deps.engine, info, deps.settings)
+    result.created += ensured.created
+    result.durations.update(ensured.durations)
+    result.progress += ensured.progress
+    if ensured.is_locked_out:
+        result.is_locked_out = True
+        return False
+    with deps.engine.begin() as conn:
+        repository.mark_indexed(conn, info.name)
+    deps.forget_models()
+    logger.info("%s: backfill done, index built; searches now served", info.name)
+    return True
 
 
 def _reindex(deps: Deps, info: ModelInfo, name: str, result: MaintenanceResult) -> bool:

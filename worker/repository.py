@@ -69,16 +69,35 @@ def list_models(conn: Connection) -> list[ModelInfo]:
     return [ModelInfo(*r) for r in rows]
 
 
-def insert_model(conn: Connection, name: str, dimensions: int, provider: str) -> ModelInfo:
-    """Register a model, or return the existing row; a different dimension is an error."""
+def insert_model(
+    conn: Connection, name: str, dimensions: int, provider: str, *, is_indexed: bool = True
+) -> ModelInfo:
+    """Register a model, or return the existing row unchanged."""
     conn.execute(
         text(
-            "INSERT INTO embedding_models (name, dimensions, provider) VALUES (:n, :d, :p) "
-            "ON CONFLICT (name) DO NOTHING"
+            "INSERT INTO embedding_models (name, dimensions, provider, is_indexed) "
+            "VALUES (:n, :d, :p, :i) ON CONFLICT (name) DO NOTHING"
         ),
-        {"n": name, "d": dimensions, "p": provider},
+        {"n": name, "d": dimensions, "p": provider, "i": is_indexed},
     )
     return get_model(conn, name)
+
+
+def mark_indexed(conn: Connection, name: str) -> None:
+    conn.execute(text("UPDATE embedding_models SET is_indexed = true WHERE name = :n"), {"n": name})
+
+
+def open_job_count(conn: Connection, model: str) -> int:
+    """Jobs of `model` still pending or in flight."""
+    return int(
+        conn.execute(
+            text(
+                "SELECT count(*) FROM embedding_jobs "
+                "WHERE model = :m AND state IN ('pending', 'in_flight')"
+            ),
+            {"m": model},
+        ).scalar_one()
+    )
 
 
 def record_intake(conn: Connection, model: str, article_ids: Sequence[int]) -> int:

@@ -451,3 +451,48 @@ def test_rebuild_is_locked_out_while_another_holds_the_models_lock(deps: Deps) -
         assert held
         result = maintenance.rebuild_hnsw(deps, force=True, model=SMALL_MODEL)
     assert result.is_locked_out and result.rebuilt == []
+
+
+def test_backfill_mode_builds_the_index_once_the_backlog_is_done(
+    make_deps: Callable[..., Deps], make_article: Callable[..., int]
+) -> None:
+    from worker import pipeline
+    from worker.errors import PermanentError
+    from worker.search import search_text
+
+    deps = make_deps(embedding_model="text-embedding-3-small@384")
+    info = maintenance.register_model(
+        deps, "text-embedding-3-small@384", 384, "openai", build_index=False
+    )
+    name = maintenance.index_name(info.name)
+    assert not info.is_indexed
+    ids = [make_article() for _ in range(20)]
+    pipeline.intake(deps, ids)
+    pipeline.drain(deps, max_claims=1)  # 16 of 20 embedded: backlog not done
+
+    early = maintenance.rebuild_hnsw(deps)
+    with pytest.raises(PermanentError, match="backfilled"):
+        search_text(deps, "Article")
+
+    pipeline.drain(deps)
+    done = maintenance.rebuild_hnsw(deps)
+
+    assert (early.created, done.created) == ([], [name])
+    assert fetch(
+        deps, "SELECT is_indexed FROM embedding_models WHERE name = 'text-embedding-3-small@384'"
+    )[0][0]
+    assert len(search_text(deps, "Article", k=3)) == 3
+
+
+def test_backfill_index_is_built_on_demand_by_name(
+    make_deps: Callable[..., Deps], make_article: Callable[..., int]
+) -> None:
+    from worker import pipeline
+
+    deps = make_deps(embedding_model="text-embedding-3-small@384")
+    maintenance.register_model(deps, "text-embedding-3-small@384", 384, "openai", build_index=False)
+    pipeline.intake(deps, [make_article() for _ in range(3)])  # pending, never drained
+
+    result = maintenance.rebuild_hnsw(deps, model="text-embedding-3-small@384")
+
+    assert result.created == [maintenance.index_name("text-embedding-3-small@384")]
