@@ -28,16 +28,20 @@ PRIVATE_REDIS_PORT = 6390
 STATS_KEY = "embedder:stats"
 
 
-def _stack_env() -> tuple[dict[str, str], list[Any]]:
+def _stack_env(demo: bool) -> tuple[dict[str, str], list[Any]]:
     env = dict(os.environ)
     started: list[Any] = []
     if "DATABASE_URL" not in env:
         pg = LocalPostgres(DATA / "pg", int(env.get("LOCAL_PG_PORT", LOCAL_PG_PORT)))
         print(f"starting PostgreSQL 18 + pgvector on 127.0.0.1:{pg.port} (data in {pg.data_dir})")
         pg.start()
-        pg.create_database("embedder")
+        # `demo` ingests from scratch every time; `run` keeps its database between runs.
+        database = "embedder_demo" if demo else "embedder"
+        if demo:
+            pg.drop_database(database)
+        pg.create_database(database)
         started.append(pg)
-        env["DATABASE_URL"] = pg.url("embedder")
+        env["DATABASE_URL"] = pg.url(database)
     if "REDIS_URL" not in env or not redis_answers(env["REDIS_URL"]):
         if "REDIS_URL" not in env and redis_answers("redis://127.0.0.1:6379/0"):
             env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
@@ -131,7 +135,7 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
     honcho: subprocess.Popen[bytes] | None = None
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as Ctrl-C does
     try:
-        env, started = _stack_env()
+        env, started = _stack_env(demo)
         settings = Settings.from_env(env)
         deps = build_deps(settings, application_name="embedder-run")
         migrate(deps)
@@ -155,7 +159,8 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
         r.delete(STATS_KEY)
         with deps.engine.connect() as conn:
             ids = [row[0] for row in conn.execute(text("SELECT id FROM articles ORDER BY id"))]
-        started_at = time.monotonic()
+        _wait_for_worker(settings.redis_url, honcho)
+        started_at = time.monotonic()  # ingest time only, not the workers' start-up
         enqueue(ids, settings.embedding_model, client=r, chunk_size=50)
         print(f"Flower: http://127.0.0.1:{env['FLOWER_PORT']}  (Ctrl-C stops everything)")
         embedded, failed = _progress(deps, len(ids), 600 if demo else 3600, honcho)
@@ -187,6 +192,17 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
         for svc in reversed(started):
             svc.stop()
         print("stopped")
+
+
+def _wait_for_worker(
+    redis_url: str, stack: subprocess.Popen[bytes], timeout_s: float = 120
+) -> None:
+    from worker.health import ping_workers
+
+    deadline = time.monotonic() + timeout_s
+    while not any(n.startswith("embeddings@") for n in ping_workers(redis_url, 1.0)):
+        if stack.poll() is not None or time.monotonic() > deadline:
+            raise StackError("the embedding worker did not start; see its output above")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
