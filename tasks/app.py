@@ -20,7 +20,7 @@ from celery.schedules import crontab
 
 from worker import deps as deps_mod
 from worker import logs
-from worker.config import Settings
+from worker.config import ConfigError, Settings
 from worker.deps import Deps, build_deps
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,11 @@ STATS_KEY = "embedder:stats"  # running totals for `embedder demo`
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    """Settings, or exit with one line naming every bad variable (no traceback)."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"embedder: {exc}") from None
 
 
 def make_app(settings: Settings) -> Celery:
