@@ -27,8 +27,8 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup lint typecheck   ## lint, types, then every test (integration and end-to-end)
-	$(BIN)/pytest -m "not chaos"
+test: setup lint typecheck   ## lint, types, then every test: unit, integration, end-to-end, chaos
+	$(BIN)/pytest -m "chaos or not chaos"
 
 test-e2e: setup
 	$(BIN)/pytest -m e2e

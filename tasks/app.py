@@ -150,8 +150,9 @@ def _setup_logging(**_: object) -> None:
 
 
 # Graceful stop of a pool child. SIGTERM reaches the children too when the whole process
-# group is signalled (honcho, systemd, `docker stop` on a shell entrypoint); by default they
-# die mid-batch, stranding their claim until JOB_LEASE_S. Instead a busy child finishes the
+# group is signalled (honcho, systemd's default KillMode); by default they die mid-batch,
+# stranding their claim until JOB_LEASE_S. (`docker stop` signals only PID 1: there the
+# running drain uses up its EMBED_DRAIN_BUDGET_S within the grace period.) Instead a busy child finishes the
 # batch in hand and its drain returns early (the parent's warm shutdown then acks and exits);
 # an idle child exits at once, through billiard's own handler.
 _stopping = threading.Event()

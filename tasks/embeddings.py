@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Task
 
 from tasks.app import KICK_KEY, STATS_KEY, app, get_deps, redis_client, stopping
 from worker import pipeline
+from worker.deps import Deps
 from worker.errors import PermanentError
 
 logger = logging.getLogger(__name__)
@@ -68,12 +70,7 @@ def drain(self: Task, model: str | None = None) -> dict[str, Any]:
             raise self.retry(exc=exc, countdown=_db_backoff(self.request.retries)) from None
         raise
     if result.claimed:
-        stats = redis_client().pipeline(transaction=False)
-        for field in ("claimed", "embedded", "batches", "requests", "failed"):
-            stats.hincrby(STATS_KEY, field, getattr(result, field))
-        stats.execute()
-    if result.claimed and not result.is_stopped:
-        deps.kick_drain(info.name)  # budget spent or more arrived: keep going elsewhere
+        _after_drain(deps, info.name, result)
     logger.info(
         "drain %s: claimed=%s embedded=%s unchanged=%s failed=%s skipped=%s released=%s",
         info.name,
@@ -91,6 +88,22 @@ def drain(self: Task, model: str | None = None) -> dict[str, Any]:
         "embedded": result.embedded,
         "failed": result.failed,
     }
+
+
+def _after_drain(deps: Deps, model: str, result: pipeline.DrainResult) -> None:
+    """Running totals and the hand-over to the next drain: best effort, the work is committed.
+
+    During a Redis outage both fail; the beat sweep kicks the pending work once it is back.
+    """
+    try:
+        stats = redis_client().pipeline(transaction=False)
+        for field in ("claimed", "embedded", "batches", "requests", "failed"):
+            stats.hincrby(STATS_KEY, field, getattr(result, field))
+        stats.execute()
+        if not result.is_stopped:
+            deps.kick_drain(model)  # budget spent or more arrived: keep going elsewhere
+    except redis.RedisError as exc:
+        logger.warning("drain %s: could not update stats or hand over: %s", model, exc)
 
 
 @app.task(name="embeddings.sweep", acks_late=True)

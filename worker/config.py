@@ -69,6 +69,8 @@ class Settings:
     job_max_attempts: int = 5
     job_lease_s: int = 300
     job_retry_delay_s: int = 30
+    # A 401/403 parks the items this long (no retry storm while the key is wrong).
+    embed_auth_backoff_s: float = 300.0
     # Beat reconcile: recent articles with no vector and no job (a message Redis lost).
     reconcile_window_hours: int = 72
     reconcile_batch: int = 10_000
@@ -144,6 +146,8 @@ class Settings:
             errors.append("EMBED_BATCH_MAX_TOKENS must be at least EMBED_INPUT_MAX_TOKENS")
         if self.visibility_timeout_s <= self.task_time_limit_s:
             errors.append("VISIBILITY_TIMEOUT_S must be greater than TASK_TIME_LIMIT_S")
+        if self.embed_auth_backoff_s < 0:
+            errors.append("EMBED_AUTH_BACKOFF_S must be 0 or more")
         if self.job_lease_s <= self.embed_drain_budget_s:
             errors.append("JOB_LEASE_S must be greater than EMBED_DRAIN_BUDGET_S")
         if self.log_format not in ("text", "json"):

@@ -32,7 +32,11 @@ BATCH_SIZE = Histogram(
     "Inputs per embedding request",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
 )
-TOKENS = Counter("embedder_tokens_total", "Tokens sent to the provider (upper bound)", ["model"])
+TOKENS = Counter(
+    "embedder_tokens_total",
+    "Tokens sent to the provider (planning estimate: exact or half the UTF-8 bytes)",
+    ["model"],
+)
 API_LATENCY = Histogram(
     "embedder_api_request_seconds",
     "Latency of one embeddings API request",

@@ -38,8 +38,6 @@ logger = logging.getLogger(__name__)
 
 # Validation bounds for task payloads (PostgreSQL bigint, positive ids).
 MAX_ARTICLE_ID = 2**63 - 1
-# Seconds an auth failure parks items before they are tried again (no retry storm).
-AUTH_BACKOFF_S = 300.0
 
 
 @dataclass
@@ -151,7 +149,7 @@ def drain(
             break
         claims += 1
         if len(claim.article_ids) == settings.embed_batch_max:
-            deps.kick_drain(info.name)  # more may be waiting: let an idle worker help
+            _ask_for_help(deps, info.name)  # more may be waiting: let an idle worker help
         result = process_claim(deps, info, claim)
         total.add(result)
         if result.is_stopped:
@@ -160,6 +158,14 @@ def drain(
             log_pool_stats(deps)
             last_stats = time.monotonic()
     return total
+
+
+def _ask_for_help(deps: Deps, model: str) -> None:
+    """Kick another drain, best effort: a broker outage must not strand the claim in hand."""
+    try:
+        deps.kick_drain(model)
+    except Exception as exc:  # Redis down: the beat sweep kicks the pending work later
+        logger.warning("could not ask for another drain of %s: %s", model, exc)
 
 
 def _linger(deps: Deps, info: ModelInfo, deadline: float, sleep: Callable[[float], None]) -> None:
@@ -279,7 +285,15 @@ def _embed_work(
                     "embedding API refused the credentials for model %s: %s", info.name, outcome
                 )
             stop = True
-            _release(deps, info, claim, ids, outcome, delay_s=AUTH_BACKOFF_S, count_attempt=False)
+            _release(
+                deps,
+                info,
+                claim,
+                ids,
+                outcome,
+                delay_s=settings.embed_auth_backoff_s,
+                count_attempt=False,
+            )
             released += ids
         elif isinstance(outcome, TransientError):
             _release(deps, info, claim, ids, outcome)
@@ -390,7 +404,7 @@ def sweep(deps: Deps) -> tuple[int, int, list[str]]:
 
 
 def reconcile(deps: Deps, model: str | None = None) -> int:
-    """Record recent articles nobody asked for (lost messages, stale vectors); return count."""
+    """Record recent articles with no vector that nobody asked for (lost messages); return count."""
     settings = deps.settings
     if settings.reconcile_window_hours <= 0:
         return 0

@@ -375,11 +375,12 @@ def models_with_ready_work(conn: Connection) -> list[str]:
 
 
 def record_unasked(conn: Connection, model: str, since: datetime, limit: int) -> int:
-    """Make pending the recent articles that lack a current vector and have no job at all.
+    """Make pending the recent articles that have no vector and no job at all.
 
-    Recovers ids whose messages Redis lost before intake, and articles whose `updated_at`
-    moved past their vector's. Bounded by `since` (recent partitions only, pruned) and
-    `limit` per run. Failed or skipped jobs are left alone: no retry storms.
+    Recovers ids whose messages Redis lost before intake. Bounded by `since` (recent
+    partitions only, pruned) and `limit` per run. Failed or skipped jobs are left alone (no
+    retry storms). Changed articles are the producers' to announce: an `updated_at`
+    comparison would re-queue every metadata-only edit on every run.
     """
     result = conn.execute(
         text(
@@ -390,7 +391,7 @@ def record_unasked(conn: Connection, model: str, since: datetime, limit: int) ->
             LEFT JOIN article_embeddings e
               ON e.article_id = a.id AND e.published_at = a.published_at AND e.model = :m
             WHERE a.published_at >= :since
-              AND (e.article_id IS NULL OR a.updated_at > e.updated_at)
+              AND e.article_id IS NULL
               AND NOT EXISTS (SELECT 1 FROM embedding_jobs j
                               WHERE j.article_id = a.id AND j.model = :m)
             ORDER BY a.published_at DESC

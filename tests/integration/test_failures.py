@@ -484,3 +484,25 @@ def test_article_changed_while_its_batch_is_embedded_loses_nothing_else(
         assert moved == [(True,)]
     else:
         assert_all_accounted(deps, ids, failed={doomed: "not_found"})
+
+
+def test_a_broker_outage_when_asking_for_help_does_not_strand_the_claim_in_hand(
+    make_deps, make_article, fake_openai
+):
+    # A full claim asks (through Redis) for another drain; Redis being down then must not
+    # abandon the claimed batch in flight until JOB_LEASE_S (found by bench/chaos.py).
+    deps = make_deps(embed_batch_max=4)
+    ids = [make_article() for _ in range(8)]
+    asked: list[str] = []
+
+    def broker_down(model: str) -> None:
+        asked.append(model)
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    deps.kick_drain = broker_down
+    pipeline.intake(deps, ids)
+
+    result = pipeline.drain(deps)
+
+    assert asked and result.embedded == 8
+    assert_all_accounted(deps, ids)
