@@ -23,6 +23,8 @@ measured against exact cosine top-10 computed with numpy.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import statistics
 import sys
@@ -40,6 +42,7 @@ from sqlalchemy import text
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import worker.search  # noqa: E402
 from worker import maintenance, partitions  # noqa: E402
 from worker.cli import migrate  # noqa: E402
 from worker.config import Settings  # noqa: E402
@@ -56,6 +59,7 @@ FILTER_DAYS = 30
 
 @dataclass
 class Row:
+    kind: str  # vector | halfvec: the type the index casts to
     m: int
     ef_construction: int
     build_s: float
@@ -67,6 +71,44 @@ class Row:
     p99_ms: float
     recall_at_10: float
     plan: str
+    load: str  # 1-minute load average before -> after the measurement
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def wait_for_quiet(limit: float, max_wait_s: float) -> float:
+    """Wait (up to max_wait_s) for the 1-minute load average to drop below `limit`.
+
+    The machine is shared: other engineers' test runs would otherwise show up as latency.
+    Returns the load average at the end, whether or not it got below the limit.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while (load := loadavg()) >= limit and time.monotonic() < deadline:
+        print(f"  load {load:.2f} >= {limit}: waiting", flush=True)
+        time.sleep(15)
+    return load
+
+
+def kind_index_name(kind: str) -> str:
+    """The production name for the model's default kind; a suffixed one for the other."""
+    base = maintenance.index_name(MODEL)
+    return (
+        base if kind == maintenance.index_kind(1536) else base.replace("_hnsw_", f"_hnsw_{kind}_")
+    )
+
+
+@contextlib.contextmanager
+def searching(kind: str) -> Any:
+    """Make worker.search use the `kind` expression (both indexes coexist in the bench)."""
+    namespace = vars(worker.search)
+    original = namespace["index_expression"]
+    namespace["index_expression"] = functools.partial(maintenance.index_expression, kind=kind)
+    try:
+        yield
+    finally:
+        namespace["index_expression"] = original
 
 
 def clustered(
@@ -132,20 +174,146 @@ def load(url: str, vectors: np.ndarray, dates: list[datetime]) -> None:
         conn.commit()
 
 
-def build_index(url: str, info: ModelInfo, settings: Settings, workers: int) -> tuple[float, float]:
+def index_mb(url: str, kind: str) -> float:
+    """The index's size in MB, 0 when it does not exist."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT pg_relation_size(to_regclass(%s))", (kind_index_name(kind),)
+        ).fetchone()
+    return (row[0] or 0) / 2**20 if row else 0.0
+
+
+def build_index(
+    url: str, info: ModelInfo, settings: Settings, workers: int, kind: str
+) -> tuple[float, float]:
     """(seconds, MB) for a fresh non-concurrent build with the given m / ef_construction."""
-    name = maintenance.index_name(info.name)
+    name = kind_index_name(kind)
+    sql = maintenance.create_index_sql(info, settings, concurrently=False, kind=kind)
+    sql = sql.replace(maintenance.index_name(info.name), name)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP INDEX IF EXISTS {name}")
         conn.execute(f"SET maintenance_work_mem = '{settings.maintenance_work_mem}'")
         conn.execute(f"SET max_parallel_maintenance_workers = {workers}")
         started = time.perf_counter()
-        conn.execute(maintenance.create_index_sql(info, settings, concurrently=False))
+        conn.execute(sql)
         seconds = time.perf_counter() - started
-        size = conn.execute("SELECT pg_relation_size(%s::regclass)", (name,)).fetchone()
-        assert size is not None
         conn.execute("CHECKPOINT")
-    return seconds, size[0] / 2**20
+    return seconds, index_mb(url, kind)
+
+
+def prewarm(url: str, kinds: list[str]) -> None:
+    """Read the indexes into shared buffers (pg_prewarm), so the first queries are warm too."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        for kind in kinds:
+            blocks = conn.execute("SELECT pg_prewarm(%s)", (kind_index_name(kind),)).fetchone()
+            print(f"prewarmed {kind_index_name(kind)}: {blocks[0] if blocks else 0} blocks")
+
+
+def insert_rate(
+    url: str, kinds: list[str], start_id: int, vectors: np.ndarray, when: datetime
+) -> dict[str, float]:
+    """Rows/s inserting `vectors` with only the `kind` index present ('none': no index).
+
+    Each measurement runs in one transaction that drops the other indexes first and is
+    rolled back, so the table keeps its rows; the HNSW pages keep the aborted elements
+    until a VACUUM, hence this runs last. Rows go in as the pipeline writes them: 256 per
+    executemany batch, binary vectors.
+    """
+    rates: dict[str, float] = {}
+    present = [k for k in ("vector", "halfvec") if index_mb(url, k) > 0]
+    for kind in [*kinds, "none"]:
+        if kind != "none" and kind not in present:
+            continue
+        with psycopg.connect(url) as conn:
+            register_vector(conn)
+            for other in present:
+                if other != kind:
+                    conn.execute(f"DROP INDEX {kind_index_name(other)}")
+            ids = range(start_id, start_id + len(vectors))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO articles (id, title, published_at) VALUES (%s, %s, %s)",
+                    [(i, f"bench insert {i}", when) for i in ids],
+                )
+                started = time.perf_counter()
+                for lo in range(0, len(vectors), 256):
+                    cur.executemany(
+                        "INSERT INTO article_embeddings (article_id, published_at, model, "
+                        "embedding, content_hash) VALUES (%s, %s, %s, %s, '')",
+                        [(i, when, MODEL, vectors[i - start_id]) for i in ids[lo : lo + 256]],
+                    )
+                seconds = time.perf_counter() - started
+            conn.rollback()
+        rates[kind] = len(vectors) / seconds
+        print(f"insert with {kind} index: {rates[kind]:.0f} rows/s", flush=True)
+    return rates
+
+
+def diagnose(deps: Deps, info: ModelInfo, queries: np.ndarray, ef: int) -> dict[str, float]:
+    """Where one search's time goes: median client latency of search_vector, of the bare
+    index-scan subquery on a session with the settings already set, and the server's own
+    planning/execution time and buffer hits/reads (EXPLAIN ANALYZE BUFFERS)."""
+    sql = worker.search.search_sql(info, has_since=False)
+    expr, _ = vars(worker.search)["index_expression"](info)
+    kind = expr[len("(embedding::") : -1]
+    bare = (
+        f"SELECT article_id FROM article_embeddings WHERE model = %s "
+        f"ORDER BY (embedding::{kind}) <=> %s::vector::{kind} LIMIT 5"
+    )
+    client, naked, planning, execution, hit, read = [], [], [], [], [], []
+    one_statement, five_statements = [], []
+    for _ in range(100):  # the per-search settings: one set_config statement vs 5 SET LOCALs
+        with deps.engine.begin() as conn:
+            started = time.perf_counter()
+            worker.search.apply_search_settings(conn, ef, filtered=True)
+            one_statement.append((time.perf_counter() - started) * 1000)
+        with deps.engine.begin() as conn:
+            started = time.perf_counter()
+            for setting in (
+                f"hnsw.ef_search = {ef}",
+                "plan_cache_mode = force_custom_plan",
+                "enable_seqscan = off",
+                "enable_sort = off",
+                "hnsw.iterative_scan = relaxed_order",
+            ):
+                conn.execute(text(f"SET LOCAL {setting}"))
+            five_statements.append((time.perf_counter() - started) * 1000)
+    with psycopg.connect(deps.settings.database_url, autocommit=True) as raw:
+        register_vector(raw)
+        raw.execute(f"SET hnsw.ef_search = {ef}")
+        raw.execute("SET enable_seqscan = off")
+        raw.execute("SET plan_cache_mode = force_custom_plan")
+        for q in queries:
+            raw.execute(bare, (info.name, q)).fetchall()  # warm
+            started = time.perf_counter()
+            raw.execute(bare, (info.name, q)).fetchall()
+            naked.append((time.perf_counter() - started) * 1000)
+            with deps.engine.begin() as conn:
+                started = time.perf_counter()
+                worker.search.search_vector(conn, info, q, k=5, ef_search=ef)
+                client.append((time.perf_counter() - started) * 1000)
+            with deps.engine.begin() as conn:
+                worker.search.apply_search_settings(conn, ef, filtered=False)
+                plan = conn.execute(
+                    text("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql),
+                    {"q": q, "model": info.name, "k": 5, "fetch": 5},
+                ).scalar_one()[0]
+            planning.append(plan["Planning Time"])
+            execution.append(plan["Execution Time"])
+            hit.append(plan["Plan"].get("Shared Hit Blocks", 0))
+            read.append(plan["Plan"].get("Shared Read Blocks", 0))
+    med = statistics.median
+    return {
+        "search_vector_ms": med(client),
+        "bare_scan_ms": med(naked),
+        "planning_ms": med(planning),
+        "execution_ms": med(execution),
+        "shared_hit": med(hit),
+        "shared_read": med(read),
+        "settings_one_statement_ms": med(one_statement),
+        "settings_five_statements_ms": med(five_statements),
+    }
 
 
 def plan_of(deps: Deps, info: ModelInfo, query: np.ndarray, since: datetime | None) -> str:
@@ -163,7 +331,7 @@ def plan_of(deps: Deps, info: ModelInfo, query: np.ndarray, since: datetime | No
         ]
     for line in lines:
         if "article_embeddings" in line and ("Scan" in line):
-            return line.strip().lstrip("-> ").split(" on ")[0] + (
+            return str(line).strip().lstrip("-> ").split(" on ")[0] + (
                 " (hnsw)" if "hnsw" in line else ""
             )
     return "?"
@@ -210,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="max_parallel_maintenance_workers")
     p.add_argument("--work-mem", default="2GB", help="maintenance_work_mem for the build")
     p.add_argument("--port", type=int, default=0)
+    p.add_argument("--kinds", default="vector", help="index types to compare: vector,halfvec")
+    p.add_argument("--shared-buffers", default="2GB", help="the bench server's shared_buffers")
+    p.add_argument("--prewarm", action="store_true", help="pg_prewarm the indexes first")
+    p.add_argument("--inserts", type=int, default=0, help="measure insert rows/s (runs last)")
+    p.add_argument("--diagnose", action="store_true", help="break one search's time down")
+    p.add_argument("--quiet-load", type=float, default=2.0, help="wait for load below this")
+    p.add_argument("--quiet-wait", type=float, default=600, help="...for at most this long (s)")
     # Its own data directory: the ingest bench shares .data/bench-pg and expects the stock
     # 256MB shared_buffers, while this one raises them to 2GB (restart needed).
     p.add_argument("--pg-dir", type=Path, default=REPO / ".data" / "bench-search-pg")
@@ -225,16 +400,17 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     try:
         with psycopg.connect(server.admin_url, autocommit=True) as conn:
-            # Big enough for a 100k x 1536 index to stay in shared buffers when warm.
+            # Default 2GB: a 100k x 1536 index stays in shared buffers when warm.
             shared = conn.execute("SHOW shared_buffers").fetchone()
-            if shared is None or shared[0] != "2GB":
-                conn.execute("ALTER SYSTEM SET shared_buffers = '2GB'")
+            if shared is None or shared[0] != args.shared_buffers:
+                conn.execute(f"ALTER SYSTEM SET shared_buffers = '{args.shared_buffers}'")
                 conn.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
                 restart = True
             else:
                 restart = False
         if restart:
             server.restart()
+        print(f"shared_buffers = {args.shared_buffers}", flush=True)
         return run_bench(server, args)
     finally:
         server.stop()
@@ -295,35 +471,63 @@ def run_bench(server: LocalPostgres, args: argparse.Namespace) -> int:
     truth = exact_top(data, ids, queries, 10)
     truth_recent = exact_top(data[recent], ids[recent], queries, 10)
 
+    kinds = args.kinds.split(",")
     rows: list[Row] = []
+    diagnosis: dict[str, dict[str, float]] = {}
+    inserts: dict[str, float] = {}
     for build in args.builds.split(","):
         m, efc = (int(x) for x in build.split(":"))
         build_settings = replace(settings, hnsw_m=m, hnsw_ef_construction=efc)
-        if args.reuse:  # query the index as the loading run left it
-            seconds, mb = float("nan"), 0.0
-        else:
-            seconds, mb = build_index(url, info, build_settings, args.workers)
-            print(f"built m={m} ef_construction={efc} in {seconds:.1f}s ({mb:.0f} MB)", flush=True)
-        for ef in (int(x) for x in args.ef.split(",")):
-            run_deps = replace(deps, settings=replace(build_settings, hnsw_ef_search=ef))
-            for filt, exact in ((None, truth), (since, truth_recent)):
-                lat, recall = measure(run_deps, info, queries, exact, filt)
-                row = Row(
-                    m,
-                    efc,
-                    seconds,
-                    mb,
-                    ef,
-                    filt is not None,
-                    percentile(lat, 50),
-                    percentile(lat, 95),
-                    percentile(lat, 99),
-                    recall,
-                    plan_of(run_deps, info, queries[0], filt),
-                )
-                rows.append(row)
-                print(_line(row), flush=True)
+        built: dict[str, tuple[float, float]] = {}
+        for kind in kinds:
+            mb = index_mb(url, kind)
+            if args.reuse and mb > 0:  # query the index as an earlier run left it
+                built[kind] = (float("nan"), mb)
+                continue
+            before = loadavg()
+            built[kind] = build_index(url, info, build_settings, args.workers, kind)
+            print(
+                f"built {kind} m={m} ef_construction={efc} in {built[kind][0]:.1f}s "
+                f"({built[kind][1]:.0f} MB), load {before:.2f} -> {loadavg():.2f}",
+                flush=True,
+            )
+        if args.prewarm:
+            prewarm(url, kinds)
+        for kind in kinds:
+            seconds, mb = built[kind]
+            with searching(kind):
+                for ef in (int(x) for x in args.ef.split(",")):
+                    run_deps = replace(deps, settings=replace(build_settings, hnsw_ef_search=ef))
+                    for filt, exact in ((None, truth), (since, truth_recent)):
+                        before = wait_for_quiet(args.quiet_load, args.quiet_wait)
+                        lat, recall = measure(run_deps, info, queries, exact, filt)
+                        row = Row(
+                            kind,
+                            m,
+                            efc,
+                            seconds,
+                            mb,
+                            ef,
+                            filt is not None,
+                            percentile(lat, 50),
+                            percentile(lat, 95),
+                            percentile(lat, 99),
+                            recall,
+                            plan_of(run_deps, info, queries[0], filt),
+                            f"{before:.2f} -> {loadavg():.2f}",
+                        )
+                        rows.append(row)
+                        print(_line(row), flush=True)
+                if args.diagnose:
+                    ef = 100
+                    diagnosis[kind] = diagnose(deps, info, queries[:100], ef)
+                    print(f"diagnosis {kind} ef_search {ef}: {diagnosis[kind]}", flush=True)
     deps.close()
+    if args.inserts:
+        vectors = clustered(rng, centers, basis, args.inserts, args.spread, args.noise)
+        before = wait_for_quiet(args.quiet_load, args.quiet_wait)
+        inserts = insert_rate(url, kinds, args.rows + 1, vectors, now)
+        print(f"inserts: load {before:.2f} -> {loadavg():.2f}", flush=True)
 
     print()
     print(
@@ -344,6 +548,10 @@ def run_bench(server: LocalPostgres, args: argparse.Namespace) -> int:
                 "noise": args.noise,
                 "queries": args.queries,
                 "load_s": load_s,
+                "shared_buffers": args.shared_buffers,
+                "prewarm": args.prewarm,
+                "diagnosis": diagnosis,
+                "insert_rows_per_s": inserts,
                 "filtered_rows": int(recent.sum()),
                 "results": [r.__dict__ for r in rows],
             },
@@ -355,16 +563,17 @@ def run_bench(server: LocalPostgres, args: argparse.Namespace) -> int:
 
 def _line(r: Row) -> str:
     return (
-        f"| {r.m} | {r.ef_construction} | {r.build_s:.1f} | {r.index_mb:.0f} | {r.ef_search} | "
-        f"{'30 days' if r.filtered else 'none'} | {r.p50_ms:.2f} | {r.p95_ms:.2f} | "
-        f"{r.p99_ms:.2f} | {r.recall_at_10:.3f} | {r.plan} |"
+        f"| {r.kind} | {r.m} | {r.ef_construction} | {r.build_s:.1f} | {r.index_mb:.0f} | "
+        f"{r.ef_search} | {'30 days' if r.filtered else 'none'} | {r.p50_ms:.2f} | "
+        f"{r.p95_ms:.2f} | {r.p99_ms:.2f} | {r.recall_at_10:.3f} | {r.plan} | {r.load} |"
     )
 
 
 def render(rows: list[Row]) -> str:
     head = (
-        "| m | ef_construction | build s | index MB | ef_search | filter | p50 ms | p95 ms "
-        "| p99 ms | recall@10 | plan |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| index | m | ef_construction | build s | index MB | ef_search | filter | p50 ms "
+        "| p95 ms | p99 ms | recall@10 | plan | load |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     return "\n".join([head, *(_line(r) for r in rows)])
 

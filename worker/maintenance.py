@@ -97,19 +97,30 @@ def index_name(model: str) -> str:
     return f"article_embeddings_{slug[:18]}_{digest}_hnsw_cosine_idx"  # ≤ 63 bytes
 
 
-def index_expression(info: ModelInfo) -> tuple[str, str]:
-    """(indexed expression, operator class) for a model; search must use the same expression."""
-    if info.dimensions > HNSW_VECTOR_MAX_DIMS:
-        return f"(embedding::halfvec({info.dimensions}))", "halfvec_cosine_ops"
-    return f"(embedding::vector({info.dimensions}))", "vector_cosine_ops"
+def index_kind(dimensions: int) -> str:
+    """'vector' or 'halfvec': the type a model's vectors are cast to in its HNSW index."""
+    return "halfvec" if dimensions > HNSW_VECTOR_MAX_DIMS else "vector"
+
+
+def index_expression(info: ModelInfo, kind: str | None = None) -> tuple[str, str]:
+    """(indexed expression, operator class) for a model; search must use the same expression.
+
+    `kind` overrides the default of index_kind (bench/search.py compares both).
+    """
+    kind = kind or index_kind(info.dimensions)
+    if kind not in ("vector", "halfvec"):
+        raise ValueError(f"unknown index kind {kind!r}")
+    return f"(embedding::{kind}({info.dimensions}))", f"{kind}_cosine_ops"
 
 
 def _quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def create_index_sql(info: ModelInfo, settings: Settings, *, concurrently: bool = True) -> str:
-    expr, ops = index_expression(info)
+def create_index_sql(
+    info: ModelInfo, settings: Settings, *, concurrently: bool = True, kind: str | None = None
+) -> str:
+    expr, ops = index_expression(info, kind)
     return (
         f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS {index_name(info.name)} "
         f"ON article_embeddings USING hnsw ({expr} {ops}) "

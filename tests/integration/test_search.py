@@ -179,14 +179,15 @@ def test_search_text_uses_ef_search_from_settings(
     target = fake_vector("quiet harbour at dawn", 1536)
     others = unit_vectors(30, 1536, seed=2)
     ids = load_vectors(database_url, MODEL, np.vstack([others, target[None, :]]))
-    seen: list[str] = []
-    event.listen(deps.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    seen: list[tuple[str, Any]] = []
+    event.listen(deps.engine, "before_cursor_execute", lambda *a: seen.append((a[2], a[3])))
 
     hits = search_text(deps, "quiet harbour at dawn", k=3)
 
     assert hits[0].article_id == ids[-1] and hits[0].distance == pytest.approx(0.0, abs=1e-5)
     assert len(hits) == 3
-    assert "SET LOCAL hnsw.ef_search = 77" in seen
+    settings = [params for sql, params in seen if "set_config('hnsw.ef_search'" in sql]
+    assert len(settings) == 1 and "77" in settings[0].values()
     assert [r.inputs for r in fake_openai.requests] == [["quiet harbour at dawn"]]
 
 
@@ -227,3 +228,33 @@ def test_cli_search_prints_distance_id_date_and_title(
     distance, article_id, day, title = lines[0].split("\t")
     assert (float(distance), int(article_id), title) == (0.0, ids[-1], "vector 10")
     assert day == datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def test_search_settings_are_one_statement_and_last_only_for_the_transaction(
+    deps: Deps,
+) -> None:
+    names = [
+        "hnsw.ef_search",
+        "plan_cache_mode",
+        "enable_seqscan",
+        "enable_sort",
+        "hnsw.iterative_scan",
+    ]
+    current = "SELECT " + ", ".join(f"current_setting('{n}')" for n in names)
+    statements: list[str] = []
+    with deps.engine.connect() as conn:
+        conn.execute(text("LOAD 'vector'"))  # so hnsw.* show their defaults, not errors
+        conn.commit()
+        before = tuple(conn.execute(text(current)).one())
+        conn.commit()
+        event.listen(conn, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        with conn.begin():
+            apply_search_settings(conn, 321, filtered=True)
+            inside = tuple(conn.execute(text(current)).one())
+        count = len(statements)
+        after = tuple(conn.execute(text(current)).one())
+        conn.commit()
+
+    assert count == 2  # the settings and the check: one round trip for settings
+    assert inside == ("321", "force_custom_plan", "off", "off", "relaxed_order")
+    assert after == before == ("40", "auto", "on", "on", "off")
