@@ -87,6 +87,7 @@ REJECT_NEEDLE = "CHAOS-REJECT-ME"  # the fake answers 400 for any input containi
 CHUNK = 100  # articles per insert (and per producer message, or one message per id)
 WINDOW = 400  # at most this many articles inserted but not yet settled
 BEAT_EVERY_S = 2.0
+MAX_WORKER_RESTARTS = 5  # more than this is a crash loop, not chaos
 POLL_S = 0.25
 AUTH_WINDOW_S = 3.0
 
@@ -119,6 +120,9 @@ class Faults:
     pool_timeouts: int = 0  # QueuePool timeouts in the tight worker (from its log)
     publish_failures: int = 0  # producer messages that could not be sent (Redis down)
     beat_failures: int = 0
+    # Workers that exited and were started again, as systemd/compose restart policies do
+    # (kombu's threads-pool consumer can die on a broker reconnect: "Unrecoverable error").
+    worker_restarts: int = 0
 
     def line(self) -> str:
         return "faults: " + " ".join(f"{k}={v}" for k, v in asdict(self).items())
@@ -187,10 +191,15 @@ class Worker:
         self.label = label
         self.name = f"chaos-{label}-{os.getpid()}@{socket.gethostname()}"
         self.log = log
+        self.settings, self.pool, self.concurrency = settings, pool, concurrency
+        self.start("wb")
+
+    def start(self, mode: str = "ab") -> None:
+        settings, pool, concurrency, log = self.settings, self.pool, self.concurrency, self.log
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update(settings_env(settings))
         env["PYTHONUNBUFFERED"] = "1"
-        with log.open("wb") as out:
+        with log.open(mode) as out:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -624,10 +633,18 @@ class Chaos:
                 raise RuntimeError(f"a driver thread failed: {self.errors[0]!r}")
             for w in self.workers:
                 if w.proc.poll() is not None:
-                    raise RuntimeError(f"worker {w.label} exited (see {w.log})")
+                    self.restart(w)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no progress: timed out waiting for {what}")
             time.sleep(0.05)
+
+    def restart(self, w: Worker) -> None:
+        """Start an exited worker again, as a process supervisor would (bounded)."""
+        if self.faults.worker_restarts >= MAX_WORKER_RESTARTS:
+            raise RuntimeError(f"worker {w.label} keeps exiting (see {w.log})")
+        self.faults.worker_restarts += 1
+        self.note(f"worker {w.label} exited (rc {w.proc.returncode}); restarting it")
+        w.start()
 
     def settle(self) -> bool:
         """Wait until nothing is open and every article has a vector or a recorded failure."""
