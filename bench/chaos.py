@@ -53,7 +53,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -169,17 +169,7 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that make Settings.from_env() return `settings`."""
-    env: dict[str, str] = {}
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        if value is None:
-            if f.name == "db_prepare_threshold":
-                env[f.name.upper()] = "off"
-            continue
-        env[f.name.upper()] = (
-            ("true" if value else "false") if isinstance(value, bool) else str(value)
-        )
-    return env
+    return settings.to_env()
 
 
 class Worker:

@@ -61,7 +61,9 @@ class Settings:
     embed_input_max_tokens: int = 8191
     embed_linger_ms: int = 200
     embed_drain_budget_s: float = 60.0
-    embed_request_concurrency: int = 4  # requests of one claim in flight (bench: 1,031 → 1,300/s at 100 ms)
+    embed_request_concurrency: int = (
+        4  # requests of one claim in flight (bench: 1,031 → 1,300/s at 100 ms)
+    )
 
     # Retries: tenacity around each API call, then durable attempts in PostgreSQL.
     embed_retry_attempts: int = 6
@@ -154,6 +156,20 @@ class Settings:
             errors.append("LOG_FORMAT must be 'text' or 'json'")
         if errors:
             raise ConfigError("invalid configuration: " + "; ".join(errors))
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` return these settings (for child processes)."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                if f.name == "db_prepare_threshold":
+                    env[f.name.upper()] = "off"
+                continue
+            env[f.name.upper()] = (
+                ("true" if value else "false") if isinstance(value, bool) else str(value)
+            )
+        return env
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +53,7 @@ def wait_until(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that make Settings.from_env() return `settings`."""
-    env: dict[str, str] = {}
-    for f in fields(Settings):
-        value = getattr(settings, f.name)
-        if value is None:
-            if f.name == "db_prepare_threshold":
-                env[f.name.upper()] = "off"
-            continue
-        env[f.name.upper()] = (
-            ("true" if value else "false") if isinstance(value, bool) else str(value)
-        )
-    return env
+    return settings.to_env()
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -194,3 +194,15 @@ def test_cross_field_rules_are_checked():
 )
 def test_redact_url_hides_any_password(url, expected):
     assert redact_url(url) == expected
+
+
+def test_to_env_round_trips_through_from_env():
+    settings = Settings(
+        database_url="postgresql://u@h:5432/d",
+        embedding_provider="openai",
+        openai_api_key="sk-x",
+        db_prepare_threshold=None,
+        db_pool_pre_ping=False,
+        embed_retry_max_wait_s=0.5,
+    )
+    assert Settings.from_env(settings.to_env()) == settings
