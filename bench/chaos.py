@@ -70,6 +70,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.fakes.openai_server import FakeOpenAI, fake_vector  # noqa: E402
+from tests.workers import celery_worker_argv  # noqa: E402
 from worker import text as textmod  # noqa: E402
 from worker.cli import migrate  # noqa: E402
 from worker.client import QUEUE, enqueue, task_message  # noqa: E402
@@ -191,25 +192,7 @@ class Worker:
         env["PYTHONUNBUFFERED"] = "1"
         with log.open(mode) as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "tasks.app",
-                    "worker",
-                    "-Q",
-                    QUEUE,
-                    "-P",
-                    pool,
-                    "-c",
-                    str(concurrency),
-                    "--loglevel=INFO",
-                    "--without-mingle",
-                    "--without-gossip",
-                    "-n",
-                    self.name,
-                ],
+                celery_worker_argv(QUEUE, concurrency, self.name, pool=pool),
                 cwd=REPO,
                 env=env,
                 stdout=out,

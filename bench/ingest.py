@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.fakes.openai_server import fake_vector  # noqa: E402
+from tests.workers import celery_worker_argv  # noqa: E402
 from worker import maintenance  # noqa: E402
 from worker import text as textmod  # noqa: E402
 from worker.cli import migrate  # noqa: E402
@@ -357,23 +358,7 @@ class Worker:
     ) -> None:
         self.log = log
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks.app",
-                "worker",
-                "-Q",
-                QUEUE,
-                "-c",
-                str(concurrency),
-                "--loglevel=WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "-n",
-                f"bench-{os.getpid()}@%h",
-            ],
+            celery_worker_argv(QUEUE, concurrency, f"bench-{os.getpid()}@%h", loglevel="WARNING"),
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ import redis
 from celery import Celery
 
 from tests.conftest import REPO
+from tests.workers import celery_worker_argv
 from worker.config import Settings
 
 WORKER_START_TIMEOUT_S = 40.0
@@ -189,25 +189,7 @@ def start_worker(
         full_env["PYTHONUNBUFFERED"] = "1"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "tasks.app",
-                    "worker",
-                    "-Q",
-                    queues,
-                    "-c",
-                    str(concurrency),
-                    "--loglevel=INFO",
-                    "-E",
-                    # Mingle and gossip only sync with other workers: a second saved per start.
-                    "--without-mingle",
-                    "--without-gossip",
-                    "-n",
-                    name,
-                ],
+                celery_worker_argv(queues, concurrency, name, events=True),
                 cwd=REPO,
                 env=full_env,
                 stdout=log,
