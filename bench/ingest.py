@@ -66,7 +66,13 @@ from worker.cli import migrate  # noqa: E402
 from worker.client import QUEUE, TASK_EMBED_ARTICLES, enqueue, task_message  # noqa: E402
 from worker.config import Settings  # noqa: E402
 from worker.deps import build_deps  # noqa: E402
-from worker.localstack import LocalPostgres, LocalRedis, free_port, redis_answers  # noqa: E402
+from worker.localstack import (  # noqa: E402
+    LocalPostgres,
+    LocalRedis,
+    free_port,
+    redis_answers,
+    stop_process,
+)
 from worker.repository import ModelInfo  # noqa: E402
 from worker.sample import sample_articles  # noqa: E402
 
@@ -290,13 +296,7 @@ class FakeServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def fake_ceiling(texts: Sequence[str], log: Path, seconds: float = 3.0) -> float:

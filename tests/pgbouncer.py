@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from worker.localstack import PG_USER, free_port
+from worker.localstack import PG_USER, free_port, stop_process
 
 PoolMode = Literal["session", "transaction"]
 SSL_REQUEST_CODE = 80877103  # PostgreSQL's SSLRequest: "may we speak TLS?"
@@ -284,13 +284,8 @@ class PgBouncer:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        if self.process is not None:
+            stop_process(self.process, 5)
         self.process = None
         shutil.rmtree(self.workdir, ignore_errors=True)
 

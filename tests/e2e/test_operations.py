@@ -26,7 +26,7 @@ from worker.client import enqueue
 from worker.config import Settings
 from worker.deps import Deps
 from worker.health import check_health
-from worker.localstack import free_port
+from worker.localstack import free_port, stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -58,12 +58,7 @@ def start_process(
 
     yield start
     for proc in started:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, str]:
