@@ -396,7 +396,15 @@ class Worker:
 # -- database helpers ------------------------------------------------------------------------
 
 
-def settings_for(url: str, redis_url: str, api_url: str, batch_max: int = 256) -> Settings:
+def settings_for(
+    url: str,
+    redis_url: str,
+    api_url: str,
+    batch_max: int = 256,
+    hnsw: tuple[int, int] | None = None,
+) -> Settings:
+    """The worker's settings for the bench; ``hnsw`` = (m, ef_construction), else the defaults."""
+    m, ef = hnsw or (Settings.hnsw_m, Settings.hnsw_ef_construction)
     return Settings(
         database_url=url,
         redis_url=redis_url,
@@ -407,6 +415,8 @@ def settings_for(url: str, redis_url: str, api_url: str, batch_max: int = 256) -
         openai_base_url=api_url,
         embed_batch_max=batch_max,
         db_statement_timeout_ms=0,
+        hnsw_m=m,
+        hnsw_ef_construction=ef,
     )
 
 
@@ -704,6 +714,11 @@ def _ints(raw: str) -> list[int]:
     return [int(x) for x in raw.split(",") if x.strip()]
 
 
+def _hnsw(raw: str) -> tuple[int, int]:
+    m, _, ef = raw.partition(":")
+    return int(m), int(ef)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--articles", type=int, default=20_000)
@@ -725,6 +740,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         help="subset for (c); default 1000 at <20 ms latency, else 200",
+    )
+    p.add_argument(
+        "--hnsw",
+        type=_hnsw,
+        default=None,
+        metavar="M:EF",
+        help="HNSW m:ef_construction of the target's index (default: the worker's defaults)",
     )
     p.add_argument("--skip-raw", action="store_true")
     p.add_argument("--skip-naive", action="store_true")
@@ -791,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ceiling = fake_ceiling(texts, logs / "fake-ceiling.log")
         print(f"fake API ceiling: {ceiling:,.0f} inputs/s (64-input requests, 2 threads, 0 ms)")
         fake = FakeServer(args.latency_ms, logs / "fake.log")
-        settings = settings_for(dsn, redis_url, fake.url)
+        settings = settings_for(dsn, redis_url, fake.url, hnsw=args.hnsw)
         deps = build_deps(settings, application_name="bench-setup")
         try:
             migrate(deps)  # registers MODEL and builds its (empty) HNSW index
@@ -817,7 +839,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             one_per_message=args.one_per_message,
         )
         versions = _versions(dsn)
-        index = "none" if args.no_index else "HNSW m=16, ef_construction=64"
+        index = (
+            "none"
+            if args.no_index
+            else f"HNSW ({maintenance.index_kind(DIMS, settings.hnsw_index_type)}) "
+            f"m={settings.hnsw_m}, ef_construction={settings.hnsw_ef_construction}"
+        )
         print(
             f"== {len(ids):,} articles, API latency {args.latency_ms:g} ms, index on target: "
             f"{index}, {os.cpu_count()} cores, load average {load_before[0]:.2f} at start, "

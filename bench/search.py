@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import statistics
 import sys
@@ -99,16 +98,21 @@ def kind_index_name(kind: str) -> str:
     )
 
 
+_searching_kind = maintenance.index_kind(1536)
+
+
 @contextlib.contextmanager
 def searching(kind: str) -> Any:
     """Make worker.search use the `kind` expression (both indexes coexist in the bench)."""
+    global _searching_kind
     namespace = vars(worker.search)
-    original = namespace["index_expression"]
-    namespace["index_expression"] = functools.partial(maintenance.index_expression, kind=kind)
+    original, previous = namespace["kind_of_definition"], _searching_kind
+    namespace["kind_of_definition"] = lambda _definition: kind
+    _searching_kind = kind
     try:
         yield
     finally:
-        namespace["index_expression"] = original
+        namespace["kind_of_definition"], _searching_kind = original, previous
 
 
 def clustered(
@@ -254,8 +258,8 @@ def diagnose(deps: Deps, info: ModelInfo, queries: np.ndarray, ef: int) -> dict[
     """Where one search's time goes: median client latency of search_vector, of the bare
     index-scan subquery on a session with the settings already set, and the server's own
     planning/execution time and buffer hits/reads (EXPLAIN ANALYZE BUFFERS)."""
-    sql = worker.search.search_sql(info, has_since=False)
-    expr, _ = vars(worker.search)["index_expression"](info)
+    sql = worker.search.search_sql(info, has_since=False, kind=_searching_kind)
+    expr, _ = maintenance.index_expression(info, _searching_kind)
     kind = expr[len("(embedding::") : -1]
     bare = (
         f"SELECT article_id FROM article_embeddings WHERE model = %s "
@@ -378,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="max_parallel_maintenance_workers")
     p.add_argument("--work-mem", default="2GB", help="maintenance_work_mem for the build")
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--kinds", default="vector", help="index types to compare: vector,halfvec")
+    p.add_argument("--kinds", default="halfvec", help="index types to compare: vector,halfvec")
     p.add_argument("--shared-buffers", default="2GB", help="the bench server's shared_buffers")
     p.add_argument("--prewarm", action="store_true", help="pg_prewarm the indexes first")
     p.add_argument("--inserts", type=int, default=0, help="measure insert rows/s (runs last)")

@@ -395,7 +395,12 @@ def key_queries(conn: Connection, deps: Deps) -> list[PlanCheck]:
         queries.append(
             PlanCheck(
                 f"plan: vector search {info.name}",
-                search_sql(info, has_since=False),
+                search_sql(
+                    info,
+                    has_since=False,
+                    kind=maintenance.built_kind(conn, info)
+                    or maintenance.index_kind(info.dimensions, deps.settings.hnsw_index_type),
+                ),
                 {
                     "q": np.full(info.dimensions, info.dimensions**-0.5, np.float32),
                     "model": info.name,

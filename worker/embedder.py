@@ -8,6 +8,7 @@ retries transient errors with jittered exponential waits, never shorter than the
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -168,22 +169,20 @@ class OpenAIEmbedder:
             )
             if self._limiter is not None:
                 self._limiter.observe_headers(raw.headers)
-            response = raw.parse()
+            content = raw.content
         except openai.APIError as exc:
             raise classify(exc) from exc
-        except ValueError as exc:  # malformed JSON in a 200 answer
-            raise BadProviderResponse(f"unparseable response: {exc}") from exc
         finally:
             metrics.API_LATENCY.observe(time.perf_counter() - started)
-        vectors = self._decode(response, len(texts))
-        self.stats.tokens += response.usage.total_tokens if response.usage else token_count
+        embeddings, used = _parse_body(content)
+        vectors = self._decode(embeddings, len(texts))
+        self.stats.tokens += used if used is not None else token_count
         return vectors
 
-    def _decode(self, response: Any, expected: int) -> Vectors:
-        data = sorted(response.data, key=lambda d: d.index)
-        if len(data) != expected:
-            raise BadProviderResponse(f"got {len(data)} vectors for {expected} inputs")
-        rows = [_as_array(d.embedding) for d in data]
+    def _decode(self, embeddings: list[Any], expected: int) -> Vectors:
+        if len(embeddings) != expected:
+            raise BadProviderResponse(f"got {len(embeddings)} vectors for {expected} inputs")
+        rows = [_as_array(e) for e in embeddings]
         for row in rows:
             if row.shape != (self.dimensions,):
                 raise EmbeddingDimMismatch(
@@ -193,10 +192,34 @@ class OpenAIEmbedder:
         return np.vstack(rows).astype(np.float32, copy=False)
 
 
+def _parse_body(content: bytes) -> tuple[list[Any], int | None]:
+    """(embeddings in input order, usage.total_tokens) of a 200 answer, checked by hand.
+
+    Read with json rather than the SDK's `parse()`, whose model building for 256 embeddings
+    stood out in a profile of the worker (docs/benchmarks.md); every field used is checked.
+    """
+    try:
+        body = json.loads(content)
+    except ValueError as exc:  # malformed JSON in a 200 answer
+        raise BadProviderResponse(f"unparseable response: {exc}") from exc
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("index"), int) and "embedding" in d for d in data
+    ):
+        raise BadProviderResponse("response has no list of {index, embedding} objects")
+    usage = body.get("usage")
+    used = usage.get("total_tokens") if isinstance(usage, dict) else None
+    ordered = sorted(data, key=lambda d: d["index"])
+    return [d["embedding"] for d in ordered], used if isinstance(used, int) else None
+
+
 def _as_array(embedding: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
-    if isinstance(embedding, str):
-        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
-    return np.asarray(embedding, dtype=np.float32)
+    try:
+        if isinstance(embedding, str):
+            return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+        return np.asarray(embedding, dtype=np.float32)
+    except (ValueError, TypeError) as exc:  # bad base64, or not a list of numbers
+        raise BadProviderResponse(f"undecodable embedding: {exc}") from exc
 
 
 def classify(exc: openai.APIError) -> TransientError | PermanentError:

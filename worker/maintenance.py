@@ -21,8 +21,9 @@ from worker.repository import ModelInfo
 
 logger = logging.getLogger(__name__)
 
-# pgvector's HNSW on `vector` supports up to 2000 dimensions; above that, index a halfvec cast.
+# pgvector's HNSW indexes `vector` up to 2000 dimensions and `halfvec` up to 4000.
 HNSW_VECTOR_MAX_DIMS = 2000
+HNSW_HALFVEC_MAX_DIMS = 4000
 # How often a build's progress (pg_stat_progress_create_index) is sampled.
 PROGRESS_INTERVAL_S = 0.5
 
@@ -97,20 +98,57 @@ def index_name(model: str) -> str:
     return f"article_embeddings_{slug[:18]}_{digest}_hnsw_cosine_idx"  # ≤ 63 bytes
 
 
-def index_kind(dimensions: int) -> str:
-    """'vector' or 'halfvec': the type a model's vectors are cast to in its HNSW index."""
-    return "halfvec" if dimensions > HNSW_VECTOR_MAX_DIMS else "vector"
+def replacement_name(model: str) -> str:
+    """The temporary name of an index being built to replace `index_name(model)`."""
+    return f"article_embeddings_{hashlib.sha1(model.encode()).hexdigest()[:8]}_hnsw_replacement"
 
 
-def index_expression(info: ModelInfo, kind: str | None = None) -> tuple[str, str]:
-    """(indexed expression, operator class) for a model; search must use the same expression.
+def index_kind(dimensions: int, preferred: str = "halfvec") -> str:
+    """'vector' or 'halfvec': the type a model's vectors are cast to in a new HNSW index.
 
-    `kind` overrides the default of index_kind (bench/search.py compares both).
+    `preferred` is HNSW_INDEX_TYPE; above 2000 dimensions only halfvec can be indexed.
     """
-    kind = kind or index_kind(info.dimensions)
+    if dimensions > HNSW_HALFVEC_MAX_DIMS:
+        raise ValueError(
+            f"{dimensions} dimensions cannot have an HNSW index (pgvector: at most "
+            f"{HNSW_HALFVEC_MAX_DIMS} as halfvec); request fewer dimensions from the model"
+        )
+    return "halfvec" if dimensions > HNSW_VECTOR_MAX_DIMS else preferred
+
+
+def index_expression(info: ModelInfo, kind: str) -> tuple[str, str]:
+    """(indexed expression, operator class); search must use the same expression."""
     if kind not in ("vector", "halfvec"):
         raise ValueError(f"unknown index kind {kind!r}")
     return f"(embedding::{kind}({info.dimensions}))", f"{kind}_cosine_ops"
+
+
+_KIND_IN_DEFINITION = re.compile(r"::(halfvec|vector)\(")
+
+
+def kind_of_definition(definition: str | None) -> str | None:
+    """The kind an index definition (pg_get_indexdef) casts to, or None."""
+    found = _KIND_IN_DEFINITION.search(definition or "")
+    return found.group(1) if found else None
+
+
+BUILT_DEFINITION_SQL = """
+    SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indexrelid
+    WHERE i.indrelid = 'article_embeddings'::regclass AND i.indisvalid
+      AND c.relname IN (:index_name, :replacement_name)
+    ORDER BY c.relname = :index_name DESC
+    LIMIT 1
+"""
+
+
+def built_kind(conn: Connection, info: ModelInfo) -> str | None:
+    """The kind of the model's valid HNSW index (or of its finished replacement), or None."""
+    definition = conn.execute(
+        text(BUILT_DEFINITION_SQL),
+        {"index_name": index_name(info.name), "replacement_name": replacement_name(info.name)},
+    ).scalar_one_or_none()
+    return kind_of_definition(definition)
 
 
 def _quote_literal(value: str) -> str:
@@ -118,11 +156,19 @@ def _quote_literal(value: str) -> str:
 
 
 def create_index_sql(
-    info: ModelInfo, settings: Settings, *, concurrently: bool = True, kind: str | None = None
+    info: ModelInfo,
+    settings: Settings,
+    *,
+    concurrently: bool = True,
+    kind: str | None = None,
+    name: str | None = None,
 ) -> str:
-    expr, ops = index_expression(info, kind)
+    expr, ops = index_expression(
+        info, kind or index_kind(info.dimensions, settings.hnsw_index_type)
+    )
     return (
-        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS {index_name(info.name)} "
+        f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS "
+        f"{name or index_name(info.name)} "
         f"ON article_embeddings USING hnsw ({expr} {ops}) "
         f"WITH (m = {int(settings.hnsw_m)}, ef_construction = {int(settings.hnsw_ef_construction)}) "
         f"WHERE model = {_quote_literal(info.name)}"
@@ -165,6 +211,7 @@ def ensure_model_index(engine: Engine, info: ModelInfo, settings: Settings) -> M
             result.is_locked_out = True
             return result
         result.dropped_invalid += drop_invalid_leftovers(conn, name)
+        _settle_replacement(conn, info)
         if index_state(conn, name) != "valid":
             _session_settings(conn, settings)
             with _ProgressWatcher(engine, conn, name) as watcher:
@@ -178,6 +225,24 @@ def ensure_model_index(engine: Engine, info: ModelInfo, settings: Settings) -> M
             result.progress += watcher.samples
             result.seconds = seconds
     return result
+
+
+def _settle_replacement(conn: Connection, info: ModelInfo) -> None:
+    """Finish or undo a replacement interrupted between its build and its swap.
+
+    The old index gone and the replacement valid: the replacement takes the name.
+    Otherwise a leftover replacement is dropped (the next rebuild starts over).
+    """
+    temp, name = replacement_name(info.name), index_name(info.name)
+    state = index_state(conn, temp)
+    if state == "missing":
+        return
+    if state == "valid" and index_state(conn, name) == "missing":
+        logger.warning("finishing an interrupted replacement of %s", name)
+        conn.execute(text(f'ALTER INDEX "{temp}" RENAME TO "{name}"'))
+        return
+    logger.warning("dropping %s left by an interrupted replacement", temp)
+    conn.execute(text(f'DROP INDEX CONCURRENTLY IF EXISTS "{temp}"'))
 
 
 def drop_invalid_leftovers(conn: Connection, name: str) -> list[str]:
@@ -352,7 +417,9 @@ def register_model(
     build_index=False registers a new model in backfill mode: vectors are written with no
     index to maintain per insert, searches of it are refused, and the index is built once
     when its backlog is done (rebuild_hnsw) or on demand (`embedder maintain hnsw --model`).
+    A model too wide for any HNSW index (> 4000 dimensions) is refused before it is added.
     """
+    index_kind(dimensions, deps.settings.hnsw_index_type)  # raises ValueError if impossible
     with deps.engine.begin() as conn:
         info = repository.insert_model(
             conn,
@@ -374,6 +441,9 @@ def register_model(
 def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -> MaintenanceResult:
     """REINDEX CONCURRENTLY each model's HNSW index (writes keep flowing meanwhile).
 
+    An index whose type differs from HNSW_INDEX_TYPE (vector built before halfvec became
+    the default) is replaced instead, whatever its churn: built concurrently under a
+    temporary name, then swapped in; searches keep using the old one until the swap.
     force=False (the daily beat check) rebuilds only indexes whose churn since their last
     build (see hnsw_churn) reaches HNSW_REBUILD_CHURN_RATIO; force=True (weekly, and
     `embedder maintain hnsw`) rebuilds every one. Missing indexes and invalid leftovers of
@@ -390,11 +460,17 @@ def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -
             _finish_backfill(deps, info, is_requested=model == info.name, result=result)
             continue
         name = index_name(info.name)
+        wanted = index_kind(info.dimensions, settings.hnsw_index_type)
         with _autocommit(deps.engine) as conn:
+            if index_state(conn, replacement_name(info.name)) != "missing":
+                with advisory_lock(conn, f"hnsw:{info.name}") as held:
+                    if held:  # else a replacement is being built right now: leave it
+                        _settle_replacement(conn, info)
             state = index_state(conn, name)
             churn = hnsw_churn(conn, info) if state == "valid" else None
             if state == "valid" and churn is None:
                 record_build(conn, info, None)  # built before tracking: start counting now
+            built = built_kind(conn, info) if state == "valid" else None
         if churn is not None:
             result.churn[info.name] = round(churn.ratio, 4)
         if state != "valid":
@@ -405,6 +481,11 @@ def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -
             result.durations.update(ensured.durations)
             result.progress += ensured.progress
             result.is_locked_out = result.is_locked_out or ensured.is_locked_out
+            continue
+        if built is not None and built != wanted:
+            logger.info("%s is a %s index; replacing it with a %s one", name, built, wanted)
+            if not _replace(deps, info, wanted, result):
+                result.is_locked_out = True
             continue
         due = force or (
             churn is not None
@@ -452,6 +533,34 @@ def _finish_backfill(
     deps.forget_models()
     logger.info("%s: backfill done, index built; searches now served", info.name)
     return True
+
+
+def _replace(deps: Deps, info: ModelInfo, kind: str, result: MaintenanceResult) -> bool:
+    """Build the model's index anew as `kind` beside the old one, then swap them.
+
+    CREATE INDEX CONCURRENTLY under replacement_name, DROP INDEX CONCURRENTLY the old one,
+    RENAME: writes never stop, and searches find a valid index of one type or the other at
+    every moment (search reads the type of whichever is built). False when locked out.
+    """
+    name, temp = index_name(info.name), replacement_name(info.name)
+    with _autocommit(deps.engine) as conn, advisory_lock(conn, f"hnsw:{info.name}") as held:
+        if not held:
+            return False
+        result.dropped_invalid += drop_invalid_leftovers(conn, name)
+        _settle_replacement(conn, info)
+        _session_settings(conn, deps.settings)
+        with _ProgressWatcher(deps.engine, conn, temp) as watcher:
+            started = time.perf_counter()
+            conn.execute(text(create_index_sql(info, deps.settings, kind=kind, name=temp)))
+            seconds = time.perf_counter() - started
+        conn.execute(text(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"'))
+        conn.execute(text(f'ALTER INDEX "{temp}" RENAME TO "{name}"'))
+        record_build(conn, info, seconds)
+        logger.info("replaced %s with a %s index built in %.1fs", name, kind, seconds)
+        result.rebuilt.append(name)
+        result.durations[name] = seconds
+        result.progress += watcher.samples
+        return True
 
 
 def _reindex(deps: Deps, info: ModelInfo, name: str, result: MaintenanceResult) -> bool:

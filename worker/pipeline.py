@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from sqlalchemy import exc as sa_exc
 
 from worker import metrics, repository
@@ -134,30 +136,89 @@ def drain(
     total = DrainResult()
     claims = 0
     last_stats = time.monotonic()
-    while (
-        time.monotonic() < deadline
-        and (max_claims is None or claims < max_claims)
-        and not should_stop()
-    ):
-        if linger:
-            _linger(deps, info, deadline, sleep)
-        with deps.engine.begin() as conn:
-            claim = repository.claim_pending(
-                conn, info.name, settings.embed_batch_max, deps.worker_id
-            )
-        if not claim.article_ids:
-            break
-        claims += 1
-        if len(claim.article_ids) == settings.embed_batch_max:
-            _ask_for_help(deps, info.name)  # more may be waiting: let an idle worker help
-        result = process_claim(deps, info, claim)
-        total.add(result)
-        if result.is_stopped:
-            break
-        if time.monotonic() - last_stats >= settings.pool_stats_interval_s:
-            log_pool_stats(deps)
-            last_stats = time.monotonic()
+    stopped = False
+    # Two stages: claim N+1 is loaded and embedded (no transaction open) in a helper thread
+    # while claim N is written, so the writer is not idle during API calls. At most two
+    # claims are in hand; each is written, or handed back if the drain fails.
+    in_hand: _InHand | None = None
+    ahead: _InHand | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="embed-ahead") as pool:
+        try:
+            while True:
+                claim = None
+                if (
+                    not stopped
+                    and time.monotonic() < deadline
+                    and (max_claims is None or claims < max_claims)
+                    and not should_stop()
+                ):
+                    claim = _claim(deps, info, deadline, sleep if linger else None)
+                if claim is not None:
+                    claims += 1
+                    ahead = (claim, pool.submit(embed_claim, deps, info, claim))
+                wrote = in_hand is not None
+                if in_hand is not None:
+                    (written, embedding), in_hand = in_hand, None
+                    result = write_claim(deps, info, written, embedding.result())
+                    total.add(result)
+                    stopped = stopped or result.is_stopped
+                in_hand, ahead = ahead, None
+                if in_hand is None and not wrote:
+                    break  # (after a write, look once more: it may have handed items back)
+                if time.monotonic() - last_stats >= settings.pool_stats_interval_s:
+                    log_pool_stats(deps)
+                    last_stats = time.monotonic()
+        except BaseException:
+            # A claim whose write failed stays in flight: the lease retries it, counting an
+            # attempt, so a poison batch ends failed. Claims not yet written go back now.
+            for unwritten in (in_hand, ahead):
+                if unwritten is not None:
+                    _hand_back(deps, info, *unwritten)
+            raise
     return total
+
+
+def _claim(
+    deps: Deps, info: ModelInfo, deadline: float, sleep: Callable[[float], None] | None
+) -> Claim | None:
+    """The next claim (after lingering for a full batch when `sleep` is given), or None."""
+    if sleep is not None:
+        _linger(deps, info, deadline, sleep)
+    with deps.engine.begin() as conn:
+        claim = repository.claim_pending(
+            conn, info.name, deps.settings.embed_batch_max, deps.worker_id
+        )
+    if not claim.article_ids:
+        return None
+    if len(claim.article_ids) == deps.settings.embed_batch_max:
+        _ask_for_help(deps, info.name)  # more may be waiting: let an idle worker help
+    return claim
+
+
+def _hand_back(deps: Deps, info: ModelInfo, claim: Claim, embedding: Future[_Embedded]) -> None:
+    """Best effort, after a failure elsewhere: return a claim that will not be written.
+
+    If this fails too (the database is gone), the lease expires and the sweep requeues it.
+    """
+    try:
+        embedding.result()  # let its requests finish; their vectors are dropped
+    except Exception as exc:
+        logger.debug("the claim handed back had failed as well: %s", exc)
+    try:
+        with deps.engine.begin() as conn:
+            repository.release_jobs(
+                conn,
+                info.name,
+                claim,
+                claim.article_ids,
+                reason="drain_failed",
+                error="the drain stopped on an error before writing this claim",
+                delay_s=0,
+                max_attempts=deps.settings.job_max_attempts,
+                count_attempt=False,
+            )
+    except Exception as exc:
+        logger.warning("could not hand back %s claimed items: %s", len(claim.article_ids), exc)
 
 
 def _ask_for_help(deps: Deps, model: str) -> None:
@@ -189,8 +250,23 @@ class _Work:
     content_hash: bytes
 
 
-def process_claim(deps: Deps, info: ModelInfo, claim: Claim) -> DrainResult:
-    """Load, embed and write one claim; every claimed id ends written, failed or released."""
+@dataclass
+class _Embedded:
+    """One claim after loading and embedding, before its write transaction."""
+
+    result: DrainResult
+    vectors: list[EmbeddingRow]
+    unchanged: list[int]
+    failures: dict[int, tuple[str, str]]
+    skipped: dict[int, tuple[str, str]]
+    released: list[int]
+
+
+_InHand = tuple[Claim, Future[_Embedded]]  # a claim and its load + embed, maybe still running
+
+
+def embed_claim(deps: Deps, info: ModelInfo, claim: Claim) -> _Embedded:
+    """Load the claimed articles (one query) and call the provider, with no transaction open."""
     settings = deps.settings
     result = DrainResult(claimed=len(claim.article_ids))
     with deps.engine.connect() as conn:
@@ -218,12 +294,19 @@ def process_claim(deps: Deps, info: ModelInfo, claim: Claim) -> DrainResult:
 
     vectors: list[EmbeddingRow] = []
     released: list[int] = []
-    stop = False
     if work:
         requests_before = deps.embedder(info).stats.requests
-        vectors, released, stop, result.batches = _embed_work(deps, info, claim, work, failures)
+        vectors, released, result.is_stopped, result.batches = _embed_work(
+            deps, info, claim, work, failures
+        )
         result.requests = deps.embedder(info).stats.requests - requests_before
+    return _Embedded(result, vectors, unchanged, failures, skipped, released)
 
+
+def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) -> DrainResult:
+    """Write vectors and every job outcome of one claim in one transaction."""
+    settings = deps.settings
+    result, vectors = embedded.result, embedded.vectors
     with deps.engine.begin() as conn:
         # Deleted or re-dated meanwhile: not written; the next claim sees what became of it.
         alive = repository.lock_existing_articles(conn, vectors)
@@ -231,10 +314,10 @@ def process_claim(deps: Deps, info: ModelInfo, claim: Claim) -> DrainResult:
         vectors = [v for v in vectors if v.article_id in alive]
         repository.upsert_embeddings(conn, info.name, vectors)
         repository.complete_jobs(
-            conn, info.name, claim, [*unchanged, *(v.article_id for v in vectors)]
+            conn, info.name, claim, [*embedded.unchanged, *(v.article_id for v in vectors)]
         )
-        repository.fail_jobs(conn, info.name, claim, failures)
-        repository.fail_jobs(conn, info.name, claim, skipped, state="skipped")
+        repository.fail_jobs(conn, info.name, claim, embedded.failures)
+        repository.fail_jobs(conn, info.name, claim, embedded.skipped, state="skipped")
         repository.release_jobs(
             conn,
             info.name,
@@ -248,12 +331,11 @@ def process_claim(deps: Deps, info: ModelInfo, claim: Claim) -> DrainResult:
         )
 
     result.embedded = len(vectors)
-    result.unchanged = len(unchanged)
-    result.failed = len(failures)
-    result.skipped = len(skipped)
-    result.released = len(released) + len(changed)
-    result.is_stopped = stop
-    _count(info.name, result, failures, skipped)
+    result.unchanged = len(embedded.unchanged)
+    result.failed = len(embedded.failures)
+    result.skipped = len(embedded.skipped)
+    result.released = len(embedded.released) + len(changed)
+    _count(info.name, result, embedded.failures, embedded.skipped)
     return result
 
 
@@ -313,6 +395,7 @@ def _embed_work(
                         embedding=got[offset],
                         content_hash=w.content_hash,
                         token_count=w.prepared.token_bound,
+                        is_new=w.article.stored_hash is None,
                     )
                 )
     return rows, released, stop, len(plan)
@@ -431,7 +514,14 @@ def log_pool_stats(deps: Deps) -> None:
 
 
 def is_db_transient(exc: BaseException) -> bool:
-    """A database error worth retrying the task for (connection lost, pool exhausted)."""
+    """A database error worth retrying the task for (connection lost, pool exhausted).
+
+    The vector upsert runs on the driver's cursor, so psycopg's own errors count too.
+    """
     return isinstance(
-        exc, sa_exc.OperationalError | sa_exc.TimeoutError | sa_exc.DisconnectionError
+        exc,
+        sa_exc.OperationalError
+        | sa_exc.TimeoutError
+        | sa_exc.DisconnectionError
+        | psycopg.OperationalError,
     )

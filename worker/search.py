@@ -11,7 +11,14 @@ from sqlalchemy import Connection, text
 
 from worker.deps import Deps
 from worker.errors import PermanentError
-from worker.maintenance import index_expression
+from worker.maintenance import (
+    BUILT_DEFINITION_SQL,
+    index_expression,
+    index_kind,
+    index_name,
+    kind_of_definition,
+    replacement_name,
+)
 from worker.repository import ModelInfo
 from worker.text import clean_text
 
@@ -24,7 +31,7 @@ class Hit:
     distance: float
 
 
-def search_sql(info: ModelInfo, *, has_since: bool) -> str:
+def search_sql(info: ModelInfo, *, has_since: bool, kind: str) -> str:
     """The query; its ORDER BY expression matches the model's partial index expression exactly.
 
     The nearest rows are picked from `article_embeddings` alone in a LIMITed subquery, so the
@@ -36,12 +43,13 @@ def search_sql(info: ModelInfo, *, has_since: bool) -> str:
     bound on `articles` prunes its partitions at plan time.
 
     Parameters: :q, :model, :k (rows returned), :fetch (rows taken from the index scan,
-    at least :k; see search_vector), and :since when `has_since`.
+    at least :k; see search_vector), and :since when `has_since`. `kind` is the type the
+    model's index casts to ('halfvec' or 'vector').
     """
-    expr, _ = index_expression(info)  # e.g. "(embedding::vector(1536))"
-    kind = expr[len("(embedding::") : -1]  # e.g. "vector(1536)"
-    column = f"(e.embedding::{kind})"
-    query = f"CAST(CAST(:q AS vector) AS {kind})"
+    expr, _ = index_expression(info, kind)  # e.g. "(embedding::halfvec(1536))"
+    cast = expr[len("(embedding::") : -1]  # e.g. "halfvec(1536)"
+    column = f"(e.embedding::{cast})"
+    query = f"CAST(CAST(:q AS vector) AS {cast})"
     since_e = "AND e.published_at >= :since" if has_since else ""
     since_a = "AND a.published_at >= :since" if has_since else ""
     return f"""
@@ -59,7 +67,9 @@ def search_sql(info: ModelInfo, *, has_since: bool) -> str:
     """
 
 
-def apply_search_settings(conn: Connection, ef_search: int, *, filtered: bool) -> None:
+def apply_search_settings(
+    conn: Connection, ef_search: int, *, filtered: bool, info: ModelInfo | None = None
+) -> str | None:
     """Session settings for one search, local to the caller's transaction.
 
     - hnsw.ef_search: the candidate list size (recall against latency).
@@ -78,6 +88,8 @@ def apply_search_settings(conn: Connection, ef_search: int, *, filtered: bool) -
 
     All in one statement (set_config(..., is_local => true) is SET LOCAL): one round trip
     instead of five, about 1 ms of a 10 ms search at 100k x 1536 (docs/benchmarks.md).
+    With `info`, the same statement returns the type the model's built index casts to
+    (an index built before HNSW_INDEX_TYPE changed keeps serving until it is replaced).
     """
     values = {
         "hnsw.ef_search": str(int(ef_search)),
@@ -88,9 +100,13 @@ def apply_search_settings(conn: Connection, ef_search: int, *, filtered: bool) -
     if filtered:
         values["hnsw.iterative_scan"] = "relaxed_order"
     calls = ", ".join(f"set_config('{name}', :v{i}, true)" for i, name in enumerate(values))
-    conn.execute(
-        text(f"SELECT {calls}"), {f"v{i}": value for i, value in enumerate(values.values())}
-    )
+    params: dict[str, Any] = {f"v{i}": value for i, value in enumerate(values.values())}
+    if info is None:
+        conn.execute(text(f"SELECT {calls}"), params)
+        return None
+    params |= {"index_name": index_name(info.name), "replacement_name": replacement_name(info.name)}
+    row = conn.execute(text(f"SELECT ({BUILT_DEFINITION_SQL}), {calls}"), params).one()
+    return kind_of_definition(row[0])
 
 
 def search_vector(
@@ -112,7 +128,8 @@ def search_vector(
     fetch = k (docs/benchmarks.md).
     """
     ef = max(int(ef_search), k)
-    apply_search_settings(conn, ef, filtered=since is not None)
+    built = apply_search_settings(conn, ef, filtered=since is not None, info=info)
+    kind = built or index_kind(info.dimensions)  # no index: a (slow) exact scan either way
     params: dict[str, Any] = {
         "q": np.asarray(vector, dtype=np.float32),
         "model": info.name,
@@ -121,7 +138,7 @@ def search_vector(
     }
     if since is not None:
         params["since"] = since
-    rows = conn.execute(text(search_sql(info, has_since=since is not None)), params)
+    rows = conn.execute(text(search_sql(info, has_since=since is not None, kind=kind)), params)
     return [Hit(r[0], r[1], r[2], float(r[3])) for r in rows]
 
 

@@ -3,7 +3,7 @@
 ``FakeOpenAI`` serves ``POST /v1/embeddings`` and ``GET /health`` on 127.0.0.1 with
 deterministic vectors (see ``fake_vector``), records every request, and can inject
 faults: queued error statuses, seeded random 429/500/slow responses, rejected inputs,
-API-key checks and broken responses (short, wrong dimension, malformed, hanging).
+API-key checks and broken responses (short, wrong dimension, malformed, garbled, hanging).
 
     with FakeOpenAI(dimensions=8) as server:
         client = openai.OpenAI(api_key="test", base_url=server.url)
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-ResponseMode = Literal["short", "wrong_dim", "malformed", "hang"]
+ResponseMode = Literal["short", "wrong_dim", "malformed", "garbled", "hang"]
 MAX_INPUTS = 2048
 _MALFORMED = b'{"object":"list","data":[{"object":"embedding","index":0,"embedd'
 _ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
@@ -423,6 +423,9 @@ class FakeOpenAI:
         }
         if mode == "malformed":
             return _Reply(200, headers, _MALFORMED, delay)
+        if mode == "garbled":  # valid JSON, unusable content: no index, undecodable vectors
+            items = ",".join('{"object":"embedding","embedding":"not base64!"}' for _ in req.inputs)
+            return _Reply(200, headers, f'{{"object":"list","data":[{items}]}}'.encode(), delay)
         dim = (req.dimensions or self.dimensions) + (1 if mode == "wrong_dim" else 0)
         inputs = req.inputs[:-1] if mode == "short" else req.inputs
         items = ",".join(

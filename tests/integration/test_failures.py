@@ -176,6 +176,7 @@ def test_after_job_max_attempts_drains_jobs_fail_with_the_reason(
         # Transient: retried by tenacity, then released for later; all tries answer badly.
         ("short", "pending", "bad_response", 4),
         ("malformed", "pending", "bad_response", 4),
+        ("garbled", "pending", "bad_response", 4),
         # The provider's vectors cannot fit the column: permanent, recorded at once.
         ("wrong_dim", "failed", "dimension_mismatch", 1),
     ],
@@ -505,4 +506,63 @@ def test_a_broker_outage_when_asking_for_help_does_not_strand_the_claim_in_hand(
     result = pipeline.drain(deps)
 
     assert asked and result.embedded == 8
+    assert_all_accounted(deps, ids)
+
+
+def on_vector_insert(deps, name: str, body: str) -> None:
+    """Run plpgsql `body` before each row inserted into article_embeddings (trigger `name`)."""
+    with deps.engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"{body} RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE INSERT ON article_embeddings "
+                f"FOR EACH ROW EXECUTE FUNCTION {name}()"
+            )
+        )
+
+
+def test_a_failed_write_hands_back_the_claim_embedded_ahead(make_deps, make_article, fake_openai):
+    """Claim 2 is embedded while claim 1 is written; claim 1's write fails: claim 2 goes back."""
+    deps = make_deps(embed_batch_max=4, embed_linger_ms=0)
+    ids = [make_article() for _ in range(8)]
+    # A write that fails, e.g. on a constraint a DBA added.
+    on_vector_insert(
+        deps, "refuse", f"IF NEW.article_id = {ids[0]} THEN RAISE EXCEPTION 'refused'; END IF;"
+    )
+    pipeline.intake(deps, ids)
+
+    with pytest.raises(psycopg.errors.RaiseException, match="refused"):
+        pipeline.drain(deps)
+
+    assert fake_openai.request_count == 2  # both claims were embedded
+    assert (
+        jobs(deps)
+        == [
+            *[(i, "in_flight", 1, None) for i in ids[:4]],  # the lease retries the failed write
+            *[(i, "pending", 0, "drain_failed") for i in ids[4:]],  # handed back, no attempt used
+        ]
+    )
+    assert fetch(deps, "SELECT count(*) FROM article_embeddings")[0][0] == 0
+
+
+def test_a_connection_lost_during_the_vector_write_is_retried(deps, make_article, database_url):
+    """The upsert runs on psycopg's cursor: its OperationalError is a transient DB error."""
+    ids = [make_article() for _ in range(3)]
+    pipeline.intake(deps, ids)
+    on_vector_insert(deps, "hang_up", "PERFORM pg_terminate_backend(pg_backend_pid());")
+
+    with pytest.raises(Exception) as info:
+        pipeline.drain(deps)
+
+    assert pipeline.is_db_transient(info.value), repr(info.value)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER hang_up ON article_embeddings")
+        conn.execute("UPDATE embedding_jobs SET claimed_at = now() - interval '1 day'")
+    pipeline.sweep(deps)  # the lease of the lost claim ran out: requeued
+    assert pipeline.drain(deps).embedded == 3
     assert_all_accounted(deps, ids)

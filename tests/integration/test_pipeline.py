@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from tests.conftest import MODEL, fetch
 from tests.fakes.openai_server import fake_vector
-from worker import pipeline
+from worker import pipeline, repository
 from worker.text import compose
 
 pytestmark = pytest.mark.integration
@@ -195,3 +195,40 @@ def test_reconcile_leaves_failed_items_alone(deps, make_article):
     pipeline.intake(deps, [empty])
     pipeline.drain(deps)
     assert pipeline.reconcile(deps) == 0
+
+
+def test_upsert_writes_one_row_per_id_and_leaves_unchanged_rows_alone(deps, make_article):
+    """New rows go in with COPY, the rest with one upsert; the outcome is the same."""
+    a, b = make_article(), make_article()
+    (published_a,) = fetch(deps, "SELECT published_at FROM articles WHERE id = :a", a=a)[0]
+    (published_b,) = fetch(deps, "SELECT published_at FROM articles WHERE id = :b", b=b)[0]
+    first, second = np.full(1536, 0.5, np.float32), np.full(1536, -0.5, np.float32)
+    rows = [
+        repository.EmbeddingRow(b, published_b, first, b"hash-b", 3, is_new=True),
+        repository.EmbeddingRow(a, published_a, first, b"hash-a", 1),
+        repository.EmbeddingRow(a, published_a, second, b"hash-a2", 2),  # a repeated id: last wins
+    ]
+    with deps.engine.begin() as conn:
+        repository.upsert_embeddings(conn, MODEL, rows)
+    with deps.engine.begin() as conn:  # same hash for b: not rewritten; new hash for a: rewritten
+        repository.upsert_embeddings(
+            conn,
+            MODEL,
+            [
+                repository.EmbeddingRow(b, published_b, second, b"hash-b", 9),
+                repository.EmbeddingRow(a, published_a, first, b"hash-a3", 4),
+            ],
+        )
+    with deps.engine.begin() as conn:  # "new" but already there (a claim written twice):
+        repository.upsert_embeddings(  # the COPY is rolled back and the rows upserted
+            conn, MODEL, [repository.EmbeddingRow(b, published_b, second, b"hash-b", 9, True)]
+        )
+
+    stored = fetch(
+        deps,
+        "SELECT article_id, embedding, content_hash, token_count FROM article_embeddings "
+        "ORDER BY article_id",
+    )
+    assert [(r[0], bytes(r[2]), r[3]) for r in stored] == [(a, b"hash-a3", 4), (b, b"hash-b", 3)]
+    assert np.allclose(stored[0][1].to_numpy(), first)
+    assert np.allclose(stored[1][1].to_numpy(), first)

@@ -62,6 +62,9 @@ def test_upgrade_creates_schema_partitions_and_indexes(empty_engine: Engine) -> 
                 text("SELECT indexname FROM pg_indexes WHERE tablename = 'articles'")
             ).scalars()
         )
+        options = conn.execute(
+            text("SELECT reloptions FROM pg_class WHERE oid = 'article_embeddings'::regclass")
+        ).scalar_one()
     assert "articles_default" in parts
     assert len([p for p in parts if p != "articles_default"]) == 4  # this month + 3 ahead
     assert {
@@ -69,6 +72,7 @@ def test_upgrade_creates_schema_partitions_and_indexes(empty_engine: Engine) -> 
         "articles_feed_idx",
         "articles_title_trgm_idx",
     } <= indexes
+    assert options == ["parallel_workers=8"]  # HNSW builds get parallel workers (0005)
 
 
 def test_models_match_migrations(empty_engine: Engine) -> None:
@@ -105,5 +109,5 @@ def test_hnsw_index_exists_for_registered_models(deps) -> None:  # type: ignore[
         assert index_name(model) in by_name, sorted(by_name)
         valid, definition = by_name[index_name(model)]
         assert valid
-        assert f"vector({dims})" in definition and "vector_cosine_ops" in definition
+        assert f"::halfvec({dims})" in definition and "halfvec_cosine_ops" in definition
         assert f"model = '{model}'" in definition

@@ -119,6 +119,7 @@ def test_accepted_redis_url_forms(url):
         ("DB_POOL_PRE_PING", "maybe", "DB_POOL_PRE_PING: expected true/false"),
         ("DB_PREPARE_THRESHOLD", "sometimes", "DB_PREPARE_THRESHOLD: expected an integer"),
         ("EMBED_BATCH_MAX", "4096", "EMBED_BATCH_MAX must be between 1 and 2048"),
+        ("HNSW_INDEX_TYPE", "float16", "HNSW_INDEX_TYPE must be 'halfvec' or 'vector'"),
     ],
 )
 def test_bad_pool_and_batch_values_are_named(name, value, problem):
