@@ -70,6 +70,7 @@ from worker.localstack import (  # noqa: E402
     LocalPostgres,
     LocalRedis,
     free_port,
+    local_build_workers,
     redis_answers,
     stop_process,
 )
@@ -402,6 +403,7 @@ def settings_for(
     api_url: str,
     batch_max: int = 256,
     hnsw: tuple[int, int] | None = None,
+    build_workers: int = Settings.maintenance_parallel_workers,
 ) -> Settings:
     """The worker's settings for the bench; ``hnsw`` = (m, ef_construction), else the defaults."""
     m, ef = hnsw or (Settings.hnsw_m, Settings.hnsw_ef_construction)
@@ -417,6 +419,7 @@ def settings_for(
         db_statement_timeout_ms=0,
         hnsw_m=m,
         hnsw_ef_construction=ef,
+        maintenance_parallel_workers=build_workers,
     )
 
 
@@ -748,6 +751,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="M:EF",
         help="HNSW m:ef_construction of the target's index (default: the worker's defaults)",
     )
+    p.add_argument(
+        "--build-workers",
+        type=int,
+        default=local_build_workers(),
+        help="MAINTENANCE_PARALLEL_WORKERS for the --backfill build (default: cores - 1, "
+        "as `make run` sets it: the bench's PostgreSQL shares this machine's cores)",
+    )
     p.add_argument("--skip-raw", action="store_true")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--pg-dir", type=Path, default=REPO / ".data" / "bench-pg")
@@ -813,7 +823,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ceiling = fake_ceiling(texts, logs / "fake-ceiling.log")
         print(f"fake API ceiling: {ceiling:,.0f} inputs/s (64-input requests, 2 threads, 0 ms)")
         fake = FakeServer(args.latency_ms, logs / "fake.log")
-        settings = settings_for(dsn, redis_url, fake.url, hnsw=args.hnsw)
+        settings = settings_for(
+            dsn, redis_url, fake.url, hnsw=args.hnsw, build_workers=args.build_workers
+        )
         deps = build_deps(settings, application_name="bench-setup")
         try:
             migrate(deps)  # registers MODEL and builds its (empty) HNSW index
@@ -891,7 +903,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             total = res.seconds + built.seconds
             res.note = (
                 f"ingest {res.seconds:.1f} s + index build {built.seconds:.1f} s "
-                f"(CREATE INDEX CONCURRENTLY, {index_size_mb(dsn, BACKFILL_MODEL):.0f} MB) "
+                f"(CREATE INDEX CONCURRENTLY, {index_size_mb(dsn, BACKFILL_MODEL):.0f} MB, "
+                f"{settings.maintenance_parallel_workers} parallel workers) "
                 f"= {total:.1f} s total, {res.articles / total:,.0f} articles/s"
             )
             backfill = res

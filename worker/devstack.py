@@ -19,7 +19,13 @@ from typing import Any
 
 from sqlalchemy import text
 
-from worker.localstack import LocalPostgres, LocalRedis, StackError, redis_answers
+from worker.localstack import (
+    LocalPostgres,
+    LocalRedis,
+    StackError,
+    local_build_workers,
+    redis_answers,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = REPO_ROOT / ".data"
@@ -42,6 +48,8 @@ def _stack_env(demo: bool) -> tuple[dict[str, str], list[Any]]:
         pg.create_database(database)
         started.append(pg)
         env["DATABASE_URL"] = pg.url(database)
+        # The embedded server shares this machine's cores.
+        env.setdefault("MAINTENANCE_PARALLEL_WORKERS", str(local_build_workers()))
     if "REDIS_URL" not in env or not redis_answers(env["REDIS_URL"]):
         if "REDIS_URL" not in env and redis_answers("redis://127.0.0.1:6379/0"):
             env["REDIS_URL"] = "redis://127.0.0.1:6379/0"

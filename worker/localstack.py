@@ -62,6 +62,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def local_build_workers() -> int:
+    """max_parallel_maintenance_workers for a server on this machine: one per core but one.
+
+    A parallel HNSW build runs the leader plus this many workers; with more processes than
+    cores they only preempt each other (2 cores: 20k x 1536 at m=24/128 built in 41.6 s
+    with 1 worker against 45.0 s with 2, means of 4-5 alternating builds).
+    """
+    return max(0, (os.cpu_count() or 1) - 1)
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
