@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run demo test test-e2e test-chaos lint typecheck migrate bench clean
+.PHONY: setup system-deps run demo test test-e2e test-chaos lint typecheck migrate bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,20 +14,41 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# What the tests need from the system: Debian's PgBouncer (it has OpenSSL; it terminates TLS
+# in front of the embedded server, which has none) and redis-server (a private one is started
+# when no Redis answers). Installed with apt when we are root; otherwise one line says what
+# to install, before anything runs.
+SYSTEM_PACKAGES := pgbouncer redis-server
+system-deps:
+	@missing=""; \
+	for pkg in $(SYSTEM_PACKAGES); do \
+	  command -v $$pkg >/dev/null 2>&1 || [ -x /usr/sbin/$$pkg ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "make test needs$$missing: install it (Debian/Ubuntu: sudo apt-get install$$missing), then run make test again" >&2; \
+	    exit 2; \
+	  fi; \
+	fi
+
 run: setup          ## the whole stack on embedded defaults; Ctrl-C stops it
-	$(BIN)/embedder run
+	$(BIN)/python -m devstack run
 
 demo: setup         ## the same, one shot: ingest the sample corpus, summarise, stop
-	$(BIN)/embedder demo
+	$(BIN)/python -m devstack demo
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup lint typecheck   ## lint, types, then every test: unit, integration, end-to-end, chaos
+test: system-deps setup lint typecheck   ## lint, import layers, types, then every test: unit, integration, end-to-end, chaos, bench smoke
 	$(BIN)/pytest -m "chaos or not chaos"
 
 test-e2e: setup

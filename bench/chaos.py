@@ -69,15 +69,15 @@ from pgvector.psycopg import register_vector
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from devstack.sample import sample_articles  # noqa: E402
+from devstack.services import LocalPostgres, LocalRedis, free_port  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAI, fake_vector  # noqa: E402
 from tests.workers import celery_worker_argv  # noqa: E402
 from worker import text as textmod  # noqa: E402
-from worker.cli import migrate  # noqa: E402
 from worker.client import QUEUE, enqueue, task_message  # noqa: E402
 from worker.config import Settings  # noqa: E402
 from worker.deps import build_deps  # noqa: E402
-from worker.localstack import LocalPostgres, LocalRedis, free_port  # noqa: E402
-from worker.sample import sample_articles  # noqa: E402
+from worker.maintenance import migrate  # noqa: E402
 
 DB = "chaos"
 MODEL = "text-embedding-3-small"

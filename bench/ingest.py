@@ -5,7 +5,7 @@ One command, one process tree, one run (docs/benchmarks.md, "## Ingest"):
 - an embedded PostgreSQL 18 + pgvector (data under .data/bench-pg, free port; a server
   already running on that data directory is reused and left running), a scratch database
   migrated with the project's migrations, Redis (REDIS_URL, else 127.0.0.1:6379 db 11,
-  flushed; a private redis-server when none answers), N sample articles (worker.sample,
+  flushed; a private redis-server when none answers), N sample articles (devstack.sample,
   several languages, ~4.5 KB) loaded with COPY;
 - the local OpenAI-compatible server (tests/fakes/openai_server.py) as a separate process
   with the configured latency; its own ceiling is measured first (0 ms, 64-input requests,
@@ -58,15 +58,8 @@ from pgvector.psycopg import register_vector
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.fakes.openai_server import fake_vector  # noqa: E402
-from tests.workers import celery_worker_argv  # noqa: E402
-from worker import maintenance  # noqa: E402
-from worker import text as textmod  # noqa: E402
-from worker.cli import migrate  # noqa: E402
-from worker.client import QUEUE, TASK_EMBED_ARTICLES, enqueue, task_message  # noqa: E402
-from worker.config import Settings  # noqa: E402
-from worker.deps import build_deps  # noqa: E402
-from worker.localstack import (  # noqa: E402
+from devstack.sample import sample_articles  # noqa: E402
+from devstack.services import (  # noqa: E402
     LocalPostgres,
     LocalRedis,
     free_port,
@@ -74,8 +67,15 @@ from worker.localstack import (  # noqa: E402
     redis_answers,
     stop_process,
 )
+from tests.fakes.openai_server import fake_vector  # noqa: E402
+from tests.workers import celery_worker_argv  # noqa: E402
+from worker import hnsw, maintenance  # noqa: E402
+from worker import text as textmod  # noqa: E402
+from worker.client import QUEUE, TASK_EMBED_ARTICLES, enqueue, task_message  # noqa: E402
+from worker.config import Settings  # noqa: E402
+from worker.deps import build_deps  # noqa: E402
+from worker.maintenance import migrate  # noqa: E402
 from worker.repository import ModelInfo  # noqa: E402
-from worker.sample import sample_articles  # noqa: E402
 
 DB = "bench_ingest"
 MODEL = "text-embedding-3-small"
@@ -455,7 +455,7 @@ def reset_embeddings(dsn: str) -> None:
 
 def drop_index(dsn: str, model: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP INDEX IF EXISTS {maintenance.index_name(model)}")
+        conn.execute(f"DROP INDEX IF EXISTS {hnsw.index_name(model)}")
 
 
 def count_vectors(conn: psycopg.Connection[Any], model: str) -> tuple[int, int]:
@@ -473,7 +473,7 @@ def count_vectors(conn: psycopg.Connection[Any], model: str) -> tuple[int, int]:
 def index_size_mb(dsn: str, model: str) -> float:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
-            "SELECT pg_relation_size(to_regclass(%s))", (maintenance.index_name(model),)
+            "SELECT pg_relation_size(to_regclass(%s))", (hnsw.index_name(model),)
         ).fetchone()
     return (row[0] or 0) / 2**20 if row else 0.0
 
@@ -854,7 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = (
             "none"
             if args.no_index
-            else f"HNSW ({maintenance.index_kind(DIMS, settings.hnsw_index_type)}) "
+            else f"HNSW ({hnsw.index_kind(DIMS, settings.hnsw_index_type)}) "
             f"m={settings.hnsw_m}, ef_construction={settings.hnsw_ef_construction}"
         )
         print(

@@ -42,11 +42,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import worker.search  # noqa: E402
-from worker import maintenance, partitions  # noqa: E402
-from worker.cli import migrate  # noqa: E402
+from devstack.services import LocalPostgres, free_port  # noqa: E402
+from worker import hnsw, maintenance, partitions  # noqa: E402
 from worker.config import Settings  # noqa: E402
 from worker.deps import Deps, build_deps  # noqa: E402
-from worker.localstack import LocalPostgres, free_port  # noqa: E402
+from worker.maintenance import migrate  # noqa: E402
 from worker.repository import ModelInfo  # noqa: E402
 from worker.search import apply_search_settings, search_sql, search_vector  # noqa: E402
 
@@ -92,13 +92,11 @@ def wait_for_quiet(limit: float, max_wait_s: float) -> float:
 
 def kind_index_name(kind: str) -> str:
     """The production name for the model's default kind; a suffixed one for the other."""
-    base = maintenance.index_name(MODEL)
-    return (
-        base if kind == maintenance.index_kind(1536) else base.replace("_hnsw_", f"_hnsw_{kind}_")
-    )
+    base = hnsw.index_name(MODEL)
+    return base if kind == hnsw.index_kind(1536) else base.replace("_hnsw_", f"_hnsw_{kind}_")
 
 
-_searching_kind = maintenance.index_kind(1536)
+_searching_kind = hnsw.index_kind(1536)
 
 
 @contextlib.contextmanager
@@ -193,7 +191,7 @@ def build_index(
     """(seconds, MB) for a fresh non-concurrent build with the given m / ef_construction."""
     name = kind_index_name(kind)
     sql = maintenance.create_index_sql(info, settings, concurrently=False, kind=kind)
-    sql = sql.replace(maintenance.index_name(info.name), name)
+    sql = sql.replace(hnsw.index_name(info.name), name)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP INDEX IF EXISTS {name}")
         conn.execute(f"SET maintenance_work_mem = '{settings.maintenance_work_mem}'")
@@ -259,7 +257,7 @@ def diagnose(deps: Deps, info: ModelInfo, queries: np.ndarray, ef: int) -> dict[
     index-scan subquery on a session with the settings already set, and the server's own
     planning/execution time and buffer hits/reads (EXPLAIN ANALYZE BUFFERS)."""
     sql = worker.search.search_sql(info, has_since=False, kind=_searching_kind)
-    expr, _ = maintenance.index_expression(info, _searching_kind)
+    expr, _ = hnsw.index_expression(info, _searching_kind)
     kind = expr[len("(embedding::") : -1]
     bare = (
         f"SELECT article_id FROM article_embeddings WHERE model = %s "

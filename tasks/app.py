@@ -29,7 +29,9 @@ QUEUE = "embeddings"
 MAINTENANCE_QUEUE = "maintenance"
 KICK_KEY = "embedder:drain-kick:{model}"
 KICK_TTL_S = 10
-STATS_KEY = "embedder:stats"  # running totals for `embedder demo`
+# The task modules, imported by the worker at start (this module never imports them:
+# they import it, so the dependency runs one way).
+TASK_MODULES = ("tasks.embeddings", "tasks.maintenance")
 
 
 def _settings() -> Settings:
@@ -41,7 +43,12 @@ def _settings() -> Settings:
 
 
 def make_app(settings: Settings) -> Celery:
-    app = Celery("embedder", broker=settings.redis_url, backend=settings.result_backend_url)
+    app = Celery(
+        "embedder",
+        broker=settings.redis_url,
+        backend=settings.result_backend_url,
+        include=list(TASK_MODULES),
+    )
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -115,10 +122,8 @@ def redis_client() -> redis.Redis[bytes]:
 
 def kick_drain(model: str) -> None:
     """Ask for a drain of `model`, unless one is already queued (a Redis NX key)."""
-    from tasks.embeddings import drain
-
     if redis_client().set(KICK_KEY.format(model=model), "1", nx=True, ex=KICK_TTL_S):
-        drain.apply_async(args=[model], expires=300)
+        app.send_task("embeddings.drain", args=[model], expires=300)
 
 
 def get_deps() -> Deps:
@@ -219,8 +224,3 @@ def _close_process_resources(pid: int | None = None, **_: object) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
-
-
-# Register the tasks with the app.
-import tasks.embeddings  # noqa: E402
-import tasks.maintenance  # noqa: E402,F401

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from celery import Task
 
-from tasks.app import KICK_KEY, STATS_KEY, app, get_deps, redis_client, stopping
+from tasks.app import KICK_KEY, app, get_deps, redis_client, stopping
 from worker import pipeline
 from worker.deps import Deps
 from worker.errors import PermanentError
@@ -91,19 +91,16 @@ def drain(self: Task, model: str | None = None) -> dict[str, Any]:
 
 
 def _after_drain(deps: Deps, model: str, result: pipeline.DrainResult) -> None:
-    """Running totals and the hand-over to the next drain: best effort, the work is committed.
+    """The hand-over to the next drain: best effort, the work is committed.
 
-    During a Redis outage both fail; the beat sweep kicks the pending work once it is back.
+    During a Redis outage it fails; the beat sweep kicks the pending work once it is back.
     """
+    if result.is_stopped:
+        return
     try:
-        stats = redis_client().pipeline(transaction=False)
-        for field in ("claimed", "embedded", "batches", "requests", "failed"):
-            stats.hincrby(STATS_KEY, field, getattr(result, field))
-        stats.execute()
-        if not result.is_stopped:
-            deps.kick_drain(model)  # budget spent or more arrived: keep going elsewhere
+        deps.kick_drain(model)  # budget spent or more arrived: keep going elsewhere
     except redis.RedisError as exc:
-        logger.warning("drain %s: could not update stats or hand over: %s", model, exc)
+        logger.warning("drain %s: could not hand over: %s", model, exc)
 
 
 @app.task(name="embeddings.sweep", acks_late=True)

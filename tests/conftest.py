@@ -18,10 +18,10 @@ import pytest
 import redis
 from sqlalchemy import text
 
+from devstack.services import LocalPostgres, LocalRedis, free_port, redis_answers
 from tests.fakes.openai_server import FakeOpenAI
 from worker.config import Settings
 from worker.deps import Deps, build_deps
-from worker.localstack import LocalPostgres, LocalRedis, free_port, redis_answers
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DATA = REPO / ".data" / "test"
@@ -94,8 +94,7 @@ def base_settings(database_url: str, redis_url: str, api_url: str) -> Settings:
 @pytest.fixture(scope="session")
 def template_db(pg: LocalPostgres, redis_url: str, fake_server: FakeOpenAI) -> str:
     """A database migrated to head with two models registered; tests copy it."""
-    from worker.cli import migrate
-    from worker.maintenance import register_model
+    from worker.maintenance import migrate, register_model
 
     pg.drop_database(TEMPLATE_DB)
     pg.create_database(TEMPLATE_DB)

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from worker.localstack import PG_USER, free_port, stop_process
+from devstack.services import PG_USER, free_port, stop_process
 
 PoolMode = Literal["session", "transaction"]
 SSL_REQUEST_CODE = 80877103  # PostgreSQL's SSLRequest: "may we speak TLS?"

@@ -8,38 +8,11 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from worker import logs
 
 logger = logging.getLogger("embedder")
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def alembic_config(connection: Any = None) -> Any:
-    from alembic.config import Config
-
-    cfg = Config(str(REPO_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
-
-
-def migrate(deps: Any, *, register_default: bool = True) -> None:
-    """alembic upgrade head, then register the configured model and build its index."""
-    from alembic import command
-
-    from worker.maintenance import register_model
-
-    with deps.engine.begin() as conn:
-        command.upgrade(alembic_config(conn), "head")
-    deps.engine.dispose()  # reconnect so pgvector types register on fresh connections
-    if register_default:
-        s = deps.settings
-        register_model(deps, s.embedding_model, s.embedding_dimensions, s.embedding_provider)
 
 
 def _deps(application_name: str = "embedder-cli") -> Any:
@@ -50,6 +23,8 @@ def _deps(application_name: str = "embedder-cli") -> Any:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
+    from worker.maintenance import migrate
+
     deps = _deps()
     migrate(deps)
     print(f"migrated to head; model {deps.settings.embedding_model} registered")
@@ -242,10 +217,15 @@ def cmd_metrics_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from worker.devstack import run_stack
-
-    return run_stack(demo=args.command == "demo", articles=args.articles)
+def cmd_run(_args: argparse.Namespace) -> int:
+    # The local stack is a development tool of the source checkout (devstack/), not part of
+    # the installed package: say where it is instead of failing on an import.
+    print(
+        "embedder: the local stack is not part of the installed package; "
+        "from a source checkout run `make run` or `make demo`",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     for name in ("run", "demo"):
-        sp = add(name, cmd_run, "local stack: embedded PostgreSQL, Redis, worker, beat, Flower")
-        sp.add_argument("--articles", type=int, default=300, help="sample articles to seed")
+        sp = add(name, cmd_run, "the local stack moved to the checkout: `make run`/`make demo`")
+        sp.add_argument("--articles", type=int, default=300, help=argparse.SUPPRESS)
     add("migrate", cmd_migrate, "apply migrations and register EMBEDDING_MODEL")
     sp = add("models", cmd_models, "list or add embedding models")
     sp.add_argument("action", choices=["list", "add"])

@@ -20,8 +20,9 @@ from typing import Any, Literal
 import numpy as np
 from sqlalchemy import Connection, text
 
-from worker import maintenance, partitions, repository
+from worker import hnsw, partitions, repository, schema
 from worker.deps import Deps
+from worker.maintenance import hnsw_churn
 from worker.search import search_sql
 
 Status = Literal["pass", "fail", "info"]
@@ -84,17 +85,8 @@ def render(checks: list[Check]) -> str:
 
 def check_migrations(_deps: Deps, conn: Connection) -> list[Check]:
     """The revision recorded in alembic_version against the head of migrations/."""
-    from alembic.script import ScriptDirectory
-
-    from worker.cli import alembic_config
-
-    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
-    exists = conn.execute(text("SELECT to_regclass('alembic_version')")).scalar()
-    applied = (
-        {r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))}
-        if exists
-        else set()
-    )
+    heads = schema.head_revisions()
+    applied = schema.applied_revisions(conn)
     if applied == heads:
         return [Check("migrations", "pass", f"at head {', '.join(sorted(heads))}")]
     return [
@@ -162,7 +154,7 @@ def expected_indexes(conn: Connection) -> dict[str, str]:
             expected[str(index.name)] = table.name
     for info in repository.list_models(conn):
         if info.is_indexed:
-            expected[maintenance.index_name(info.name)] = "article_embeddings"
+            expected[hnsw.index_name(info.name)] = "article_embeddings"
     return expected
 
 
@@ -288,7 +280,7 @@ def check_hnsw(deps: Deps, conn: Connection) -> list[Check]:
     """Each model's HNSW index: size, build parameters, churn since its last build."""
     details = []
     for info in repository.list_models(conn):
-        name = maintenance.index_name(info.name)
+        name = hnsw.index_name(info.name)
         row = conn.execute(
             text(
                 "SELECT pg_relation_size(c.oid), c.reloptions FROM pg_class c WHERE c.relname = :n"
@@ -300,7 +292,7 @@ def check_hnsw(deps: Deps, conn: Connection) -> list[Check]:
                 f"{info.name}: no index ({'backfill mode' if not info.is_indexed else 'missing'})"
             )
             continue
-        churn = maintenance.hnsw_churn(conn, info)
+        churn = hnsw_churn(conn, info)
         due = (
             churn is not None
             and deps.settings.hnsw_rebuild_churn_ratio > 0
@@ -368,20 +360,9 @@ def key_queries(conn: Connection, deps: Deps) -> list[PlanCheck]:
     queries = [
         PlanCheck(
             "plan: batch article load",
-            """
-            SELECT a.id, a.published_at, a.title, a.content, e.content_hash
-            FROM articles a
-            LEFT JOIN article_embeddings e ON e.article_id = a.id AND e.model = :m
-            WHERE a.id = ANY(CAST(:ids AS bigint[]))
-            """,
+            repository.LOAD_ARTICLES,
             {"m": model, "ids": [1, 2, 3]},
             r"Index (Only )?Scan using \S*pkey on articles_",
-        ),
-        PlanCheck(
-            "plan: upsert conflict target",
-            "SELECT 1 FROM article_embeddings WHERE article_id = :a AND model = :m",
-            {"a": 1, "m": model},
-            r"Index (Only )?Scan using article_embeddings_pkey on article_embeddings",
         ),
         PlanCheck(
             "plan: recent-articles browse",
@@ -398,8 +379,8 @@ def key_queries(conn: Connection, deps: Deps) -> list[PlanCheck]:
                 search_sql(
                     info,
                     has_since=False,
-                    kind=maintenance.built_kind(conn, info)
-                    or maintenance.index_kind(info.dimensions, deps.settings.hnsw_index_type),
+                    kind=hnsw.built_kind(conn, info)
+                    or hnsw.index_kind(info.dimensions, deps.settings.hnsw_index_type),
                 ),
                 {
                     "q": np.full(info.dimensions, info.dimensions**-0.5, np.float32),
@@ -407,7 +388,7 @@ def key_queries(conn: Connection, deps: Deps) -> list[PlanCheck]:
                     "k": 5,
                     "fetch": 5,
                 },
-                rf"Index Scan using {re.escape(maintenance.index_name(info.name))} ",
+                rf"Index Scan using {re.escape(hnsw.index_name(info.name))} ",
             )
         )
     return queries
@@ -422,7 +403,7 @@ def check_plans(deps: Deps, conn: Connection) -> list[Check]:
     hold on a small or empty database too, where the planner would rightly prefer a
     sequential scan. A plan that still reads the table another way fails.
     """
-    checks = []
+    checks = [_check_upsert_plan(deps, conn)]
     for q in key_queries(conn, deps):
         for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
             conn.execute(text(f"SET LOCAL {setting} = off"))
@@ -435,3 +416,34 @@ def check_plans(deps: Deps, conn: Connection) -> list[Check]:
             nodes = [line.strip().split("  (cost")[0] for line in plan if "Scan" in line][:4]
             checks.append(Check(q.name, "fail", f"no plan line matches /{q.expect}/", nodes))
     return checks
+
+
+# INSERT … ON CONFLICT (article_id, model) is decided by its arbiter index, whatever scan
+# the planner would pick for a lookup by article_id.
+_UPSERT_ARBITER = r"Conflict Arbiter Indexes: article_embeddings_pkey$"
+
+
+def _check_upsert_plan(deps: Deps, conn: Connection) -> Check:
+    """EXPLAIN the pipeline's own vector upsert (never executed) and check its arbiter."""
+    name = "plan: upsert conflict target"
+    row = repository.EmbeddingRow(
+        article_id=1,
+        published_at=datetime.now(UTC),
+        embedding=np.zeros(3, np.float32),
+        content_hash=b"",
+        token_count=0,
+    )
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(
+            "EXPLAIN " + repository.UPSERT_EMBEDDINGS,
+            repository.upsert_params(deps.settings.embedding_model, [row]),
+        )
+        plan = [r[0] for r in cur.fetchall()]
+    conn.rollback()
+    hit = next((line.strip() for line in plan if re.search(_UPSERT_ARBITER, line.strip())), None)
+    if hit is not None:
+        return Check(name, "pass", hit)
+    lines = [line.strip() for line in plan if "Conflict" in line]
+    return Check(name, "fail", f"no plan line matches /{_UPSERT_ARBITER}/", lines)

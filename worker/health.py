@@ -17,8 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
-
+from worker import repository, schema
 from worker.config import Settings, redact_url
 
 CHECKS = ("database", "broker", "worker", "backlog")
@@ -66,23 +65,13 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"[:300]
 
 
-def alembic_head() -> str | None:
-    """The head revision of the migrations shipped with this code."""
-    from alembic.script import ScriptDirectory
-
-    from worker.cli import alembic_config
-
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
 def check_database(engine: Any) -> Check:
     try:
         with engine.connect() as conn:
-            rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+            current = sorted(schema.applied_revisions(conn))
     except Exception as exc:
         return Check(False, _one_line(exc))
-    current = sorted(r[0] for r in rows)
-    head = alembic_head()
+    head = schema.head_revision()
     data = {"revision": current[0] if len(current) == 1 else current, "head": head}
     if current != [head]:
         return Check(False, f"schema at {current or 'nothing'}, code expects {head}", data)
@@ -105,22 +94,31 @@ def check_broker(redis_url: str, timeout_s: float) -> Check:
     return Check(True, f"{redact_url(redis_url)} answers PING")
 
 
+# Celery's control exchange (`control_exchange`, default "celery"): workers consume
+# broadcast commands from "celery.pidbox" and answer on "reply.celery.pidbox".
+CONTROL_EXCHANGE = "celery"
+
+
 def ping_workers(
     redis_url: str, timeout_s: float, destination: Sequence[str] | None = None
 ) -> list[str]:
-    """Names of the Celery workers answering a control ping within `timeout_s`."""
-    # Celery only here, imported lazily: worker/ stays free of it for everything else.
-    from celery import Celery
+    """Names of the Celery workers answering a control ping within `timeout_s`.
 
-    app = Celery("embedder-health", broker=redis_url, set_as_current=False)
-    app.conf.update(broker_connection_retry_on_startup=False, broker_connection_timeout=timeout_s)
-    try:
-        replies = app.control.ping(
-            destination=list(destination) if destination else None, timeout=timeout_s
+    Spoken with kombu's pidbox Mailbox, the same object Celery's `app.control.ping` uses,
+    so worker/ stays free of Celery itself (only tasks/ imports it).
+    """
+    from kombu.connection import Connection
+    from kombu.pidbox import Mailbox
+
+    mailbox = Mailbox(  # type: ignore[no-untyped-call]
+        CONTROL_EXCHANGE, type="fanout", accept=["json"], serializer="json"
+    )
+    with Connection(redis_url, connect_timeout=timeout_s) as conn:  # type: ignore[no-untyped-call]
+        conn.ensure_connection(max_retries=1, timeout=timeout_s)
+        replies = mailbox(conn).call(
+            list(destination) if destination else None, "ping", timeout=timeout_s
         )
-    finally:
-        app.close()
-    return sorted(name for reply in replies for name in reply)
+    return sorted(name for reply in replies or [] for name in reply)
 
 
 def check_worker(
@@ -142,17 +140,14 @@ def check_worker(
 def check_backlog(engine: Any, max_age_s: float) -> Check:
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    """
-                    SELECT model, count(*), EXTRACT(EPOCH FROM now() - min(enqueued_at))
-                    FROM embedding_jobs WHERE state = 'pending' GROUP BY model ORDER BY model
-                    """
-                )
-            ).all()
+            counts = repository.by_state(repository.job_counts(conn))
     except Exception as exc:
         return Check(False, _one_line(exc))
-    models = {r[0]: {"pending": int(r[1]), "oldest_pending_s": round(float(r[2]), 1)} for r in rows}
+    models = {
+        model: {"pending": count, "oldest_pending_s": round(oldest, 1)}
+        for (model, state), (count, oldest) in sorted(counts.items())
+        if state == "pending"
+    }
     oldest = max((m["oldest_pending_s"] for m in models.values()), default=0.0)
     data = {"oldest_pending_s": oldest, "max_age_s": max_age_s, "models": models}
     late = sorted(name for name, m in models.items() if m["oldest_pending_s"] > max_age_s)

@@ -141,7 +141,7 @@ _DENSE_RANGES: Final = (
     (0x1780, 0x17FF),  # Khmer
     (0x19E0, 0x19FF),  # Khmer symbols
     (0x2E80, 0x2FDF),  # CJK and Kangxi radicals
-    (0x3005, 0x3007),  # 々 〆 〇
+    (0x3005, 0x3007),  # 々 〆 〇  # noqa: RUF003 (the characters themselves)
     (0x3021, 0x3029),  # Hangzhou numerals
     (0x3031, 0x3035),  # kana repeat marks
     (0x3040, 0x30FF),  # Hiragana, Katakana

@@ -1,10 +1,12 @@
-"""Maintenance: partitions ahead, per-model HNSW indexes, rebuilds; guarded by advisory locks."""
+"""Maintenance jobs: partitions ahead, per-model HNSW builds and rebuilds, under advisory locks.
+
+The HNSW vocabulary (names, kinds, expressions, what is built) is worker.hnsw.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,16 +16,21 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from worker import metrics, partitions, repository
+from worker import metrics, partitions, repository, schema
 from worker.config import Settings
 from worker.deps import Deps
+from worker.hnsw import (
+    built_kind,
+    index_expression,
+    index_kind,
+    index_name,
+    index_state,
+    replacement_name,
+)
 from worker.repository import ModelInfo
 
 logger = logging.getLogger(__name__)
 
-# pgvector's HNSW indexes `vector` up to 2000 dimensions and `halfvec` up to 4000.
-HNSW_VECTOR_MAX_DIMS = 2000
-HNSW_HALFVEC_MAX_DIMS = 4000
 # How often a build's progress (pg_stat_progress_create_index) is sampled.
 PROGRESS_INTERVAL_S = 0.5
 
@@ -91,66 +98,6 @@ def ensure_partitions(deps: Deps, months_ahead: int | None = None) -> Maintenanc
     return result
 
 
-def index_name(model: str) -> str:
-    """`article_embeddings_<slug>_hnsw_cosine_idx`, within PostgreSQL's 63-byte limit."""
-    slug = re.sub(r"[^a-z0-9]+", "_", model.lower()).strip("_")
-    digest = hashlib.sha1(model.encode()).hexdigest()[:8]
-    return f"article_embeddings_{slug[:18]}_{digest}_hnsw_cosine_idx"  # ≤ 63 bytes
-
-
-def replacement_name(model: str) -> str:
-    """The temporary name of an index being built to replace `index_name(model)`."""
-    return f"article_embeddings_{hashlib.sha1(model.encode()).hexdigest()[:8]}_hnsw_replacement"
-
-
-def index_kind(dimensions: int, preferred: str = "halfvec") -> str:
-    """'vector' or 'halfvec': the type a model's vectors are cast to in a new HNSW index.
-
-    `preferred` is HNSW_INDEX_TYPE; above 2000 dimensions only halfvec can be indexed.
-    """
-    if dimensions > HNSW_HALFVEC_MAX_DIMS:
-        raise ValueError(
-            f"{dimensions} dimensions cannot have an HNSW index (pgvector: at most "
-            f"{HNSW_HALFVEC_MAX_DIMS} as halfvec); request fewer dimensions from the model"
-        )
-    return "halfvec" if dimensions > HNSW_VECTOR_MAX_DIMS else preferred
-
-
-def index_expression(info: ModelInfo, kind: str) -> tuple[str, str]:
-    """(indexed expression, operator class); search must use the same expression."""
-    if kind not in ("vector", "halfvec"):
-        raise ValueError(f"unknown index kind {kind!r}")
-    return f"(embedding::{kind}({info.dimensions}))", f"{kind}_cosine_ops"
-
-
-_KIND_IN_DEFINITION = re.compile(r"::(halfvec|vector)\(")
-
-
-def kind_of_definition(definition: str | None) -> str | None:
-    """The kind an index definition (pg_get_indexdef) casts to, or None."""
-    found = _KIND_IN_DEFINITION.search(definition or "")
-    return found.group(1) if found else None
-
-
-BUILT_DEFINITION_SQL = """
-    SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
-    JOIN pg_class c ON c.oid = i.indexrelid
-    WHERE i.indrelid = 'article_embeddings'::regclass AND i.indisvalid
-      AND c.relname IN (:index_name, :replacement_name)
-    ORDER BY c.relname = :index_name DESC
-    LIMIT 1
-"""
-
-
-def built_kind(conn: Connection, info: ModelInfo) -> str | None:
-    """The kind of the model's valid HNSW index (or of its finished replacement), or None."""
-    definition = conn.execute(
-        text(BUILT_DEFINITION_SQL),
-        {"index_name": index_name(info.name), "replacement_name": replacement_name(info.name)},
-    ).scalar_one_or_none()
-    return kind_of_definition(definition)
-
-
 def _quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -173,20 +120,6 @@ def create_index_sql(
         f"WITH (m = {int(settings.hnsw_m)}, ef_construction = {int(settings.hnsw_ef_construction)}) "
         f"WHERE model = {_quote_literal(info.name)}"
     )
-
-
-def index_state(conn: Connection, name: str) -> str:
-    """'missing', 'invalid' (left by a failed concurrent build) or 'valid'."""
-    row = conn.execute(
-        text(
-            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relname = :n AND c.relnamespace = current_schema()::regnamespace"
-        ),
-        {"n": name},
-    ).one_or_none()
-    if row is None:
-        return "missing"
-    return "valid" if row[0] else "invalid"
 
 
 def _autocommit(engine: Engine) -> Connection:
@@ -289,26 +222,14 @@ def table_counters(conn: Connection) -> TableCounters:
 def record_build(conn: Connection, info: ModelInfo, seconds: float | None) -> None:
     """Remember when the model's index was built and the table counters at that moment."""
     counters = table_counters(conn)
-    conn.execute(
-        text(
-            """
-            INSERT INTO hnsw_index_builds
-                (model, index_name, built_at, build_seconds, live_rows, tup_upd, tup_del)
-            VALUES (:m, :n, now(), :s, :live, :upd, :del)
-            ON CONFLICT (model) DO UPDATE SET
-                index_name = EXCLUDED.index_name, built_at = EXCLUDED.built_at,
-                build_seconds = EXCLUDED.build_seconds, live_rows = EXCLUDED.live_rows,
-                tup_upd = EXCLUDED.tup_upd, tup_del = EXCLUDED.tup_del
-            """
-        ),
-        {
-            "m": info.name,
-            "n": index_name(info.name),
-            "s": seconds,
-            "live": counters.live_rows,
-            "upd": counters.tup_upd,
-            "del": counters.tup_del,
-        },
+    repository.record_index_build(
+        conn,
+        info.name,
+        index_name(info.name),
+        seconds,
+        counters.live_rows,
+        counters.tup_upd,
+        counters.tup_del,
     )
 
 
@@ -332,15 +253,10 @@ def hnsw_churn(conn: Connection, info: ModelInfo) -> Churn | None:
     never late. After a statistics reset (counters lower than the snapshot) the counters
     since the reset are taken as the churn. None when the index has no recorded build.
     """
-    row = conn.execute(
-        text(
-            "SELECT built_at, live_rows, tup_upd, tup_del FROM hnsw_index_builds WHERE model = :m"
-        ),
-        {"m": info.name},
-    ).one_or_none()
-    if row is None:
+    build = repository.index_build(conn, info.name)
+    if build is None:
         return None
-    built_at, live_then, upd_then, del_then = row
+    built_at, live_then, upd_then, del_then = build
     now = table_counters(conn)
     if now.tup_upd < upd_then or now.tup_del < del_then:  # statistics were reset
         upd_then = del_then = 0
@@ -407,6 +323,15 @@ class _ProgressWatcher:
                     self._stop.wait(self.interval_s)
         except Exception:  # progress is a nicety: never let it break a rebuild
             logger.debug("progress watcher for %s stopped", self.name, exc_info=True)
+
+
+def migrate(deps: Deps, *, register_default: bool = True) -> None:
+    """Apply the migrations (worker.schema), then register the configured model and build
+    its index: what `embedder migrate` does."""
+    schema.upgrade(deps.engine)
+    if register_default:
+        s = deps.settings
+        register_model(deps, s.embedding_model, s.embedding_dimensions, s.embedding_provider)
 
 
 def register_model(

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from sqlalchemy import text
+from worker import repository
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +47,14 @@ class BacklogCollector:
         up = GaugeMetricFamily("embedder_backlog_up", "1 if the backlog query succeeded")
         try:
             with self.engine.connect() as conn:
-                models = [r[0] for r in conn.execute(text("SELECT name FROM embedding_models"))]
-                rows = conn.execute(
-                    text(
-                        "SELECT model, state, count(*), "
-                        "EXTRACT(EPOCH FROM now() - min(enqueued_at)) "
-                        "FROM embedding_jobs GROUP BY model, state"
-                    )
-                ).all()
+                models = [m.name for m in repository.list_models(conn)]
+                counts = repository.by_state(repository.job_counts(conn))
         except Exception as exc:  # a scrape must answer even when the database does not
             logger.warning("backlog query failed: %s", type(exc).__name__)
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
-        counts = {(r[0], r[1]): (int(r[2]), float(r[3] or 0)) for r in rows}
         for model in sorted(set(models) | {m for m, _ in counts}):
             count, age = counts.get((model, "pending"), (0, 0.0))
             pending.add_metric([model], count)

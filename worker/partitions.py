@@ -1,6 +1,7 @@
 """Monthly partitions of `articles`: names, bounds, creation, and rescue of DEFAULT rows.
 
-Shared by the first migration (current month + N ahead) and the maintenance beat task.
+Used by the maintenance beat task and `embedder maintain partitions` (migration 0002 has its
+own frozen copy of the initial layout).
 """
 
 from __future__ import annotations

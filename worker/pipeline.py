@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -250,6 +250,17 @@ class _Work:
     content_hash: bytes
 
 
+@dataclass(frozen=True)
+class _Release:
+    """Claimed items to give back for a later try (written with the claim's other outcomes)."""
+
+    ids: tuple[int, ...]
+    reason: str
+    error: str
+    delay_s: float
+    count_attempt: bool = True
+
+
 @dataclass
 class _Embedded:
     """One claim after loading and embedding, before its write transaction."""
@@ -259,14 +270,21 @@ class _Embedded:
     unchanged: list[int]
     failures: dict[int, tuple[str, str]]
     skipped: dict[int, tuple[str, str]]
-    released: list[int]
+    releases: list[_Release]
+
+    @property
+    def released(self) -> list[int]:
+        return [i for r in self.releases for i in r.ids]
 
 
 _InHand = tuple[Claim, Future[_Embedded]]  # a claim and its load + embed, maybe still running
 
 
 def embed_claim(deps: Deps, info: ModelInfo, claim: Claim) -> _Embedded:
-    """Load the claimed articles (one query) and call the provider, with no transaction open."""
+    """Load the claimed articles (one query) and call the provider, with no transaction open.
+
+    Reads and calls only: every outcome is returned, for write_claim's one transaction.
+    """
     settings = deps.settings
     result = DrainResult(claimed=len(claim.article_ids))
     with deps.engine.connect() as conn:
@@ -293,14 +311,14 @@ def embed_claim(deps: Deps, info: ModelInfo, claim: Claim) -> _Embedded:
         work.append(_Work(article, prepared, digest))
 
     vectors: list[EmbeddingRow] = []
-    released: list[int] = []
+    releases: list[_Release] = []
     if work:
         requests_before = deps.embedder(info).stats.requests
-        vectors, released, result.is_stopped, result.batches = _embed_work(
-            deps, info, claim, work, failures
+        vectors, releases, result.is_stopped, result.batches = _embed_work(
+            deps, info, work, failures
         )
         result.requests = deps.embedder(info).stats.requests - requests_before
-    return _Embedded(result, vectors, unchanged, failures, skipped, released)
+    return _Embedded(result, vectors, unchanged, failures, skipped, releases)
 
 
 def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) -> DrainResult:
@@ -318,17 +336,28 @@ def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) 
         )
         repository.fail_jobs(conn, info.name, claim, embedded.failures)
         repository.fail_jobs(conn, info.name, claim, embedded.skipped, state="skipped")
-        repository.release_jobs(
-            conn,
-            info.name,
-            claim,
-            changed,
-            reason="article_changed",
-            error="article deleted or re-dated while it was being embedded",
-            delay_s=0,
-            max_attempts=settings.job_max_attempts,
-            count_attempt=False,
-        )
+        releases = [
+            *embedded.releases,
+            _Release(
+                tuple(changed),
+                reason="article_changed",
+                error="article deleted or re-dated while it was being embedded",
+                delay_s=0,
+                count_attempt=False,
+            ),
+        ]
+        for release in releases:
+            repository.release_jobs(
+                conn,
+                info.name,
+                claim,
+                release.ids,
+                reason=release.reason,
+                error=release.error,
+                delay_s=release.delay_s,
+                max_attempts=settings.job_max_attempts,
+                count_attempt=release.count_attempt,
+            )
 
     result.embedded = len(vectors)
     result.unchanged = len(embedded.unchanged)
@@ -342,13 +371,12 @@ def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) 
 def _embed_work(
     deps: Deps,
     info: ModelInfo,
-    claim: Claim,
     work: list[_Work],
     failures: dict[int, tuple[str, str]],
-) -> tuple[list[EmbeddingRow], list[int], bool, int]:
+) -> tuple[list[EmbeddingRow], list[_Release], bool, int]:
     """Call the provider for every planned batch (up to EMBED_REQUEST_CONCURRENCY at once).
 
-    Returns (rows to write, ids released for a later try, stop draining?, batches).
+    Returns (rows to write, items to give back for a later try, stop draining?, batches).
     """
     settings = deps.settings
     # Exact counts only where they decided truncation; estimates elsewhere (text.py).
@@ -357,29 +385,21 @@ def _embed_work(
     batches = [[work[i] for i in part] for part in plan]
     outcomes = _call_batches(deps, info, batches, [[bounds[i] for i in part] for part in plan])
     rows: list[EmbeddingRow] = []
-    released: list[int] = []
+    releases: list[_Release] = []
     stop = False
     for batch, outcome in zip(batches, outcomes, strict=True):
-        ids = [w.article.id for w in batch]
+        ids = tuple(w.article.id for w in batch)
         if isinstance(outcome, AuthenticationFailed):
             if not stop:
                 logger.error(
                     "embedding API refused the credentials for model %s: %s", info.name, outcome
                 )
             stop = True
-            _release(
-                deps,
-                info,
-                claim,
-                ids,
-                outcome,
-                delay_s=settings.embed_auth_backoff_s,
-                count_attempt=False,
+            releases.append(
+                _release(info, ids, outcome, settings.embed_auth_backoff_s, count_attempt=False)
             )
-            released += ids
         elif isinstance(outcome, TransientError):
-            _release(deps, info, claim, ids, outcome)
-            released += ids
+            releases.append(_release(info, ids, outcome, float(settings.job_retry_delay_s)))
         elif isinstance(outcome, PermanentError):
             failures.update({i: (outcome.reason, str(outcome)) for i in ids})
         else:
@@ -398,7 +418,7 @@ def _embed_work(
                         is_new=w.article.stored_hash is None,
                     )
                 )
-    return rows, released, stop, len(plan)
+    return rows, releases, stop, len(plan)
 
 
 _Outcome = tuple[dict[int, Any], dict[int, InvalidInput]] | TransientError | PermanentError
@@ -435,30 +455,17 @@ def _call_batches(
 
 
 def _release(
-    deps: Deps,
     info: ModelInfo,
-    claim: Claim,
-    ids: Sequence[int],
+    ids: tuple[int, ...],
     exc: Exception,
+    delay_s: float,
     *,
-    delay_s: float | None = None,
     count_attempt: bool = True,
-) -> None:
-    settings = deps.settings
-    reason = getattr(exc, "reason", "error")
+) -> _Release:
     logger.warning("releasing %s items of model %s for a later try: %s", len(ids), info.name, exc)
-    with deps.engine.begin() as conn:
-        repository.release_jobs(
-            conn,
-            info.name,
-            claim,
-            ids,
-            reason=reason,
-            error=str(exc),
-            delay_s=delay_s if delay_s is not None else float(settings.job_retry_delay_s),
-            max_attempts=settings.job_max_attempts,
-            count_attempt=count_attempt,
-        )
+    return _Release(
+        ids, getattr(exc, "reason", "error"), str(exc), delay_s, count_attempt=count_attempt
+    )
 
 
 def _count(

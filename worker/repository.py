@@ -3,6 +3,7 @@ the caller owns; none opens its own."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,14 @@ class ArticleRow:
     title: str
     content: str
     stored_hash: bytes | None
+
+
+@dataclass(frozen=True)
+class Hit:
+    article_id: int
+    published_at: datetime
+    title: str
+    distance: float
 
 
 @dataclass(frozen=True)
@@ -176,19 +185,18 @@ def claim_pending(conn: Connection, model: str, limit: int, worker_id: str) -> C
     return Claim(token=token, article_ids=tuple(sorted(r[0] for r in rows)))
 
 
+# Parameters :m (model) and :ids; diagnostics EXPLAINs this very statement.
+LOAD_ARTICLES = """
+SELECT a.id, a.published_at, a.title, a.content, e.content_hash
+FROM articles a
+LEFT JOIN article_embeddings e ON e.article_id = a.id AND e.model = :m
+WHERE a.id = ANY(CAST(:ids AS bigint[]))
+"""
+
+
 def load_articles(conn: Connection, model: str, article_ids: Sequence[int]) -> list[ArticleRow]:
     """The articles and their current vector's hash for `model`, in one query."""
-    rows = conn.execute(
-        text(
-            """
-            SELECT a.id, a.published_at, a.title, a.content, e.content_hash
-            FROM articles a
-            LEFT JOIN article_embeddings e ON e.article_id = a.id AND e.model = :m
-            WHERE a.id = ANY(CAST(:ids AS bigint[]))
-            """
-        ),
-        {"m": model, "ids": list(article_ids)},
-    )
+    rows = conn.execute(text(LOAD_ARTICLES), {"m": model, "ids": list(article_ids)})
     return [
         ArticleRow(r[0], r[1], r[2], r[3], bytes(r[4]) if r[4] is not None else None) for r in rows
     ]
@@ -216,7 +224,8 @@ def lock_existing_articles(conn: Connection, rows: Sequence[EmbeddingRow]) -> se
     return {r[0] for r in found}
 
 
-_UPSERT = """
+# psycopg placeholders (binary arrays), run on the driver's cursor; diagnostics EXPLAINs it.
+UPSERT_EMBEDDINGS = """
 INSERT INTO article_embeddings
     (article_id, published_at, model, embedding, content_hash, token_count)
 SELECT r.article_id, r.published_at, %s, r.embedding, r.content_hash, r.token_count
@@ -282,17 +291,19 @@ def upsert_embeddings(conn: Connection, model: str, rows: Sequence[EmbeddingRow]
     if not rest:
         return
     with raw.cursor() as cur:
-        cur.execute(
-            _UPSERT,
-            (
-                model,
-                [r.article_id for r in rest],
-                [r.published_at for r in rest],
-                [r.embedding for r in rest],
-                [r.content_hash for r in rest],
-                [r.token_count for r in rest],
-            ),
-        )
+        cur.execute(UPSERT_EMBEDDINGS, upsert_params(model, rest))
+
+
+def upsert_params(model: str, rows: Sequence[EmbeddingRow]) -> tuple[Any, ...]:
+    """UPSERT_EMBEDDINGS' parameters: the model and one binary array per column."""
+    return (
+        model,
+        [r.article_id for r in rows],
+        [r.published_at for r in rows],
+        [r.embedding for r in rows],
+        [r.content_hash for r in rows],
+        [r.token_count for r in rows],
+    )
 
 
 def complete_jobs(conn: Connection, model: str, claim: Claim, article_ids: Iterable[int]) -> None:
@@ -494,8 +505,19 @@ def missing_vector_ids(conn: Connection, model: str, after_id: int, limit: int) 
     return [r[0] for r in rows]
 
 
-def job_counts(conn: Connection) -> list[tuple[str, str, str | None, int, float | None]]:
-    """(model, state, reason, count, age in seconds of the oldest) for the status view."""
+@dataclass(frozen=True)
+class JobCount:
+    """One row of the backlog: jobs of a model in a state (and for a reason)."""
+
+    model: str
+    state: str
+    reason: str | None
+    count: int
+    oldest_s: float | None  # age of the oldest job's enqueued_at, in seconds
+
+
+def job_counts(conn: Connection) -> list[JobCount]:
+    """The backlog by (model, state, reason): the one query behind status, health and metrics."""
     rows = conn.execute(
         text(
             """
@@ -505,9 +527,170 @@ def job_counts(conn: Connection) -> list[tuple[str, str, str | None, int, float 
             """
         )
     )
-    return [(r[0], r[1], r[2], int(r[3]), float(r[4]) if r[4] is not None else None) for r in rows]
+    return [
+        JobCount(r[0], r[1], r[2], int(r[3]), float(r[4]) if r[4] is not None else None)
+        for r in rows
+    ]
+
+
+def by_state(counts: Iterable[JobCount]) -> dict[tuple[str, str], tuple[int, float]]:
+    """(model, state) -> (jobs, age in seconds of the oldest), summed over reasons."""
+    totals: dict[tuple[str, str], tuple[int, float]] = {}
+    for c in counts:
+        jobs, oldest = totals.get((c.model, c.state), (0, 0.0))
+        totals[(c.model, c.state)] = (jobs + c.count, max(oldest, c.oldest_s or 0.0))
+    return totals
 
 
 def embedding_counts(conn: Connection) -> dict[str, int]:
     rows = conn.execute(text("SELECT model, count(*) FROM article_embeddings GROUP BY model"))
     return {r[0]: int(r[1]) for r in rows}
+
+
+def record_index_build(
+    conn: Connection,
+    model: str,
+    index_name: str,
+    seconds: float | None,
+    live_rows: int,
+    tup_upd: int,
+    tup_del: int,
+) -> None:
+    """Store the model's latest index build and article_embeddings' counters at that time."""
+    conn.execute(
+        text(
+            """
+            INSERT INTO hnsw_index_builds
+                (model, index_name, built_at, build_seconds, live_rows, tup_upd, tup_del)
+            VALUES (:m, :n, now(), :s, :live, :upd, :del)
+            ON CONFLICT (model) DO UPDATE SET
+                index_name = EXCLUDED.index_name, built_at = EXCLUDED.built_at,
+                build_seconds = EXCLUDED.build_seconds, live_rows = EXCLUDED.live_rows,
+                tup_upd = EXCLUDED.tup_upd, tup_del = EXCLUDED.tup_del
+            """
+        ),
+        {
+            "m": model,
+            "n": index_name,
+            "s": seconds,
+            "live": live_rows,
+            "upd": tup_upd,
+            "del": tup_del,
+        },
+    )
+
+
+def index_build(conn: Connection, model: str) -> tuple[datetime, int, int, int] | None:
+    """(built_at, live_rows, tup_upd, tup_del) of the model's last recorded build, or None."""
+    row = conn.execute(
+        text(
+            "SELECT built_at, live_rows, tup_upd, tup_del FROM hnsw_index_builds WHERE model = :m"
+        ),
+        {"m": model},
+    ).one_or_none()
+    if row is None:
+        return None
+    return row[0], int(row[1]), int(row[2]), int(row[3])
+
+
+def nearest_sql(cast: str, *, has_since: bool) -> str:
+    """The nearest-articles query for a model whose HNSW index casts to `cast`.
+
+    `cast` is the indexed type, e.g. 'halfvec(1536)' (worker.hnsw.index_cast): the ORDER BY
+    expression must match the model's partial index expression exactly. The nearest rows
+    are picked from `article_embeddings` alone in a LIMITed subquery, so the planner can
+    walk the HNSW index in distance order; joining `articles` first would make it estimate
+    one joined row (id and published_at are correlated) and sort a hash join of the whole
+    table instead. The outer ORDER BY restores strict order after a relaxed iterative scan,
+    as pgvector recommends. With a date bound, both tables are filtered on published_at:
+    the embedding filter runs inside the (iterative) index scan, and the bound on
+    `articles` prunes its partitions at plan time.
+
+    Parameters: :q, :model, :k (rows returned), :fetch (rows taken from the index scan,
+    at least :k), and :since when `has_since`.
+    """
+    if not re.fullmatch(r"(vector|halfvec)\(\d+\)", cast):
+        raise ValueError(f"not an index cast: {cast!r}")
+    column = f"(e.embedding::{cast})"
+    query = f"CAST(CAST(:q AS vector) AS {cast})"
+    since_e = "AND e.published_at >= :since" if has_since else ""
+    since_a = "AND a.published_at >= :since" if has_since else ""
+    return f"""
+        SELECT a.id, a.published_at, a.title, n.distance
+        FROM (
+            SELECT e.article_id, e.published_at, {column} <=> {query} AS distance
+            FROM article_embeddings e
+            WHERE e.model = :model {since_e}
+            ORDER BY {column} <=> {query}
+            LIMIT :fetch
+        ) n
+        JOIN articles a ON a.id = n.article_id AND a.published_at = n.published_at {since_a}
+        ORDER BY n.distance
+        LIMIT :k
+    """
+
+
+def nearest_articles(
+    conn: Connection,
+    model: str,
+    cast: str,
+    vector: Any,
+    *,
+    k: int,
+    fetch: int,
+    since: datetime | None = None,
+) -> list[Hit]:
+    """The k articles nearest to `vector` by cosine distance (see nearest_sql)."""
+    params: dict[str, Any] = {"q": vector, "model": model, "k": k, "fetch": max(k, fetch)}
+    if since is not None:
+        params["since"] = since
+    rows = conn.execute(text(nearest_sql(cast, has_since=since is not None)), params)
+    return [Hit(r[0], r[1], r[2], float(r[3])) for r in rows]
+
+
+def stored_vector(conn: Connection, article_id: int, model: str) -> Any | None:
+    """The article's stored vector for `model` as a numpy array, or None."""
+    row = conn.execute(
+        text("SELECT embedding FROM article_embeddings WHERE article_id = :a AND model = :m"),
+        {"a": article_id, "m": model},
+    ).one_or_none()
+    if row is None:
+        return None
+    return row[0].to_numpy() if hasattr(row[0], "to_numpy") else row[0]
+
+
+def article_count(conn: Connection) -> int:
+    return int(conn.execute(text("SELECT count(*) FROM articles")).scalar_one())
+
+
+def article_ids(conn: Connection) -> list[int]:
+    """Every article id, ascending (the dev stack's demo enqueues them all)."""
+    return [r[0] for r in conn.execute(text("SELECT id FROM articles ORDER BY id"))]
+
+
+def insert_articles(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert articles (feed_id, user_id, title, content, tags, is_read, published_at)."""
+    if not rows:
+        return
+    conn.execute(
+        text(
+            "INSERT INTO articles (feed_id, user_id, title, content, tags, is_read, published_at) "
+            "VALUES (:feed_id, :user_id, :title, :content, :tags, :is_read, :published_at)"
+        ),
+        list(rows),
+    )
+
+
+def model_progress(conn: Connection, model: str) -> tuple[int, int]:
+    """(articles with a vector for `model`, jobs of `model` failed or skipped)."""
+    row = conn.execute(
+        text(
+            """
+            SELECT (SELECT count(*) FROM article_embeddings WHERE model = :m),
+                   (SELECT count(*) FROM embedding_jobs
+                    WHERE model = :m AND state IN ('failed', 'skipped'))
+            """
+        ),
+        {"m": model},
+    ).one()
+    return int(row[0]), int(row[1])

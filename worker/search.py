@@ -2,69 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, text
 
+from worker import repository
 from worker.deps import Deps
 from worker.errors import PermanentError
-from worker.maintenance import (
+from worker.hnsw import (
     BUILT_DEFINITION_SQL,
-    index_expression,
+    built_definition_params,
+    index_cast,
     index_kind,
-    index_name,
     kind_of_definition,
-    replacement_name,
 )
-from worker.repository import ModelInfo
+from worker.repository import Hit, ModelInfo
 from worker.text import clean_text
 
 
-@dataclass(frozen=True)
-class Hit:
-    article_id: int
-    published_at: datetime
-    title: str
-    distance: float
-
-
 def search_sql(info: ModelInfo, *, has_since: bool, kind: str) -> str:
-    """The query; its ORDER BY expression matches the model's partial index expression exactly.
-
-    The nearest rows are picked from `article_embeddings` alone in a LIMITed subquery, so the
-    planner can walk the HNSW index in distance order; joining `articles` first would make
-    it estimate one joined row (id and published_at are correlated) and sort a hash join
-    of the whole table instead. The outer ORDER BY restores strict order after a relaxed
-    iterative scan, as pgvector recommends. With a date bound, both tables are filtered on
-    published_at: the embedding filter runs inside the (iterative) index scan, and the
-    bound on `articles` prunes its partitions at plan time.
-
-    Parameters: :q, :model, :k (rows returned), :fetch (rows taken from the index scan,
-    at least :k; see search_vector), and :since when `has_since`. `kind` is the type the
-    model's index casts to ('halfvec' or 'vector').
-    """
-    expr, _ = index_expression(info, kind)  # e.g. "(embedding::halfvec(1536))"
-    cast = expr[len("(embedding::") : -1]  # e.g. "halfvec(1536)"
-    column = f"(e.embedding::{cast})"
-    query = f"CAST(CAST(:q AS vector) AS {cast})"
-    since_e = "AND e.published_at >= :since" if has_since else ""
-    since_a = "AND a.published_at >= :since" if has_since else ""
-    return f"""
-        SELECT a.id, a.published_at, a.title, n.distance
-        FROM (
-            SELECT e.article_id, e.published_at, {column} <=> {query} AS distance
-            FROM article_embeddings e
-            WHERE e.model = :model {since_e}
-            ORDER BY {column} <=> {query}
-            LIMIT :fetch
-        ) n
-        JOIN articles a ON a.id = n.article_id AND a.published_at = n.published_at {since_a}
-        ORDER BY n.distance
-        LIMIT :k
-    """
+    """The statement search runs for `info` when its index casts to `kind` (repository's)."""
+    return repository.nearest_sql(index_cast(info, kind), has_since=has_since)
 
 
 def apply_search_settings(
@@ -104,7 +64,7 @@ def apply_search_settings(
     if info is None:
         conn.execute(text(f"SELECT {calls}"), params)
         return None
-    params |= {"index_name": index_name(info.name), "replacement_name": replacement_name(info.name)}
+    params |= built_definition_params(info.name)
     row = conn.execute(text(f"SELECT ({BUILT_DEFINITION_SQL}), {calls}"), params).one()
     return kind_of_definition(row[0])
 
@@ -130,16 +90,15 @@ def search_vector(
     ef = max(int(ef_search), k)
     built = apply_search_settings(conn, ef, filtered=since is not None, info=info)
     kind = built or index_kind(info.dimensions)  # no index: a (slow) exact scan either way
-    params: dict[str, Any] = {
-        "q": np.asarray(vector, dtype=np.float32),
-        "model": info.name,
-        "k": k,
-        "fetch": max(k, fetch or k),
-    }
-    if since is not None:
-        params["since"] = since
-    rows = conn.execute(text(search_sql(info, has_since=since is not None, kind=kind)), params)
-    return [Hit(r[0], r[1], r[2], float(r[3])) for r in rows]
+    return repository.nearest_articles(
+        conn,
+        info.name,
+        index_cast(info, kind),
+        np.asarray(vector, dtype=np.float32),
+        k=k,
+        fetch=max(k, fetch or k),
+        since=since,
+    )
 
 
 def _require_index(info: ModelInfo) -> None:
@@ -178,13 +137,9 @@ def search_like(
     info = deps.model(model)
     _require_index(info)
     with deps.engine.begin() as conn:
-        row = conn.execute(
-            text("SELECT embedding FROM article_embeddings WHERE article_id = :a AND model = :m"),
-            {"a": article_id, "m": info.name},
-        ).one_or_none()
-        if row is None:
+        stored = repository.stored_vector(conn, article_id, info.name)
+        if stored is None:
             raise PermanentError(f"article {article_id} has no vector for model {info.name}")
-        stored = row[0].to_numpy() if hasattr(row[0], "to_numpy") else row[0]
         hits = search_vector(
             conn, info, stored, k=k + 1, since=since, ef_search=deps.settings.hnsw_ef_search
         )

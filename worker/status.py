@@ -5,13 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-
 from worker import partitions, repository
 from worker.config import redact_url
 from worker.db import pool_stats
 from worker.deps import Deps
-from worker.maintenance import index_name, index_state
+from worker.hnsw import index_name, index_size, index_state
 
 
 def collect_status(deps: Deps) -> dict[str, Any]:
@@ -21,9 +19,7 @@ def collect_status(deps: Deps) -> dict[str, Any]:
         embedded = repository.embedding_counts(conn)
         for info in registered:
             name = index_name(info.name)
-            size = conn.execute(
-                text("SELECT pg_relation_size(to_regclass(:n))"), {"n": name}
-            ).scalar()
+            size = index_size(conn, name)
             models[info.name] = {
                 "dimensions": info.dimensions,
                 "embedded": embedded.get(info.name, 0),
@@ -35,16 +31,18 @@ def collect_status(deps: Deps) -> dict[str, Any]:
                 "index": {"name": name, "state": index_state(conn, name), "bytes": size},
                 "is_indexed": info.is_indexed,
             }
-        for model, state, reason, count, oldest in repository.job_counts(conn):
+        counts = repository.job_counts(conn)
+        for c in counts:
             entry = models.setdefault(
-                model, {"failed": {}, "skipped": {}, "pending": 0, "in_flight": 0}
+                c.model, {"failed": {}, "skipped": {}, "pending": 0, "in_flight": 0}
             )
-            if state in ("failed", "skipped"):
-                entry[state][reason or "unknown"] = count
-            else:
-                entry[state] = entry.get(state, 0) + count
+            if c.state in ("failed", "skipped"):
+                entry[c.state][c.reason or "unknown"] = c.count
+        for (model, state), (count, oldest) in repository.by_state(counts).items():
+            if state in ("pending", "in_flight"):
+                models[model][state] = count
                 if state == "pending":
-                    entry["oldest_pending_s"] = oldest
+                    models[model]["oldest_pending_s"] = oldest
         present = partitions.existing_partitions(conn)
     wanted = [
         p.name

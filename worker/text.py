@@ -34,7 +34,7 @@ class PreparedText:
         """Tokens to plan request budgets with: exact when counted, else half the bytes.
 
         Natural-language text in any script runs above 2 UTF-8 bytes per cl100k token
-        (English ≈ 4, CJK ≈ 2–3), so this over-estimates in practice without the CPU cost of
+        (English ≈ 4, CJK ≈ 2-3), so this over-estimates in practice without the CPU cost of
         counting; a request that still overshoots gets a 400 and is split by the caller.
         """
         return self.token_bound if self.is_exact else (self.token_bound + 1) // 2

@@ -6,10 +6,9 @@ Create Date: 2026-11-22
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from alembic import op
-
-from worker.partitions import ensure_partitions
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -18,6 +17,27 @@ depends_on: str | Sequence[str] | None = None
 
 # Months created by this revision; later months come from the maintenance beat task.
 INITIAL_MONTHS_AHEAD = 3
+
+
+def _create_initial_partitions() -> None:
+    """DEFAULT plus this month and the next INITIAL_MONTHS_AHEAD, named as worker.partitions
+    names them (articles_YYYY_MM, UTC month bounds).
+
+    Written out here rather than imported: a migration is frozen history and must not
+    change when the live partition code does. The table is new and empty, so a plain
+    `PARTITION OF` is enough (no lock dance, no rows to move out of DEFAULT).
+    """
+    op.execute("CREATE TABLE articles_default PARTITION OF articles DEFAULT")
+    today = datetime.now(UTC).date()
+    index = today.year * 12 + today.month - 1
+    for ahead in range(INITIAL_MONTHS_AHEAD + 1):
+        year, month = divmod(index + ahead, 12)
+        next_year, next_month = divmod(index + ahead + 1, 12)
+        op.execute(
+            f"CREATE TABLE articles_{year:04d}_{month + 1:02d} PARTITION OF articles "
+            f"FOR VALUES FROM ('{year:04d}-{month + 1:02d}-01 00:00:00+00') "
+            f"TO ('{next_year:04d}-{next_month + 1:02d}-01 00:00:00+00')"
+        )
 
 
 def upgrade() -> None:
@@ -59,7 +79,7 @@ def upgrade() -> None:
     )
     op.execute("CREATE INDEX articles_feed_idx ON articles (feed_id) INCLUDE (tags)")
     op.execute("CREATE INDEX articles_title_trgm_idx ON articles USING gin (title gin_trgm_ops)")
-    ensure_partitions(op.get_bind(), INITIAL_MONTHS_AHEAD)
+    _create_initial_partitions()
 
     op.execute(
         """

@@ -20,7 +20,7 @@ def upgrade() -> None:
     # PostgreSQL's size-based estimate plans no parallel worker for CREATE INDEX, whatever
     # max_parallel_maintenance_workers says. With the table's own parallel_workers set, a
     # build gets min(8, max_parallel_maintenance_workers) workers (MAINTENANCE_PARALLEL_WORKERS
-    # in worker.maintenance): 20k × 1536 rows, m=16: 41 s alone, 23 s with parallel workers.
+    # in worker.maintenance): 20k x 1536 rows, m=16: 41 s alone, 23 s with parallel workers.
     # Queries: a parallel scan of this table is still capped by
     # max_parallel_workers_per_gather and costed as before.
     op.execute("ALTER TABLE article_embeddings SET (parallel_workers = 8)")

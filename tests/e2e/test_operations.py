@@ -18,6 +18,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.services import free_port, stop_process
 from tests.conftest import MODEL, REPO, fetch
 from tests.e2e.conftest import StartWorker, register_log, settings_env, wait_until
 from tests.fakes.openai_server import FakeOpenAI
@@ -26,7 +27,6 @@ from worker.client import enqueue
 from worker.config import Settings
 from worker.deps import Deps
 from worker.health import check_health
-from worker.localstack import free_port, stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 

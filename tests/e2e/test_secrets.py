@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from devstack.services import LocalRedis, free_port
 from tests.conftest import REPO, base_settings, fetch
 from tests.e2e.conftest import StartWorker, settings_env, wait_until
 from tests.fakes.openai_server import FakeOpenAI
 from worker.client import enqueue, task_message
 from worker.config import Settings
 from worker.deps import Deps
-from worker.localstack import LocalRedis, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import SMALL_MODEL
-from worker import cli, diagnostics, maintenance, partitions
+from worker import cli, diagnostics, hnsw, partitions
 from worker.deps import Deps
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def test_broken_database_reports_each_problem_and_exits_1(
 ) -> None:
     today = datetime.now(UTC).date()
     coming = partitions.month_partition(*partitions.add_months(today, 2)).name
-    small_index = maintenance.index_name(SMALL_MODEL)
+    small_index = hnsw.index_name(SMALL_MODEL)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DROP INDEX article_embeddings_article_published_idx")  # the FK's index
         conn.execute(f"ALTER TABLE articles DETACH PARTITION {coming}")

@@ -11,13 +11,14 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
+from devstack.services import free_port
 from tests.conftest import MODEL, REPO
 from tests.e2e.conftest import settings_env
 from worker import pipeline
 from worker.config import Settings
 from worker.deps import Deps
-from worker.health import alembic_head, check_health
-from worker.localstack import free_port
+from worker.health import check_health
+from worker.schema import head_revision as alembic_head
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 

@@ -17,7 +17,7 @@ from pgvector.psycopg import register_vector
 from sqlalchemy import text
 
 from tests.conftest import MODEL, SMALL_MODEL, fetch
-from worker import maintenance, partitions
+from worker import hnsw, maintenance, partitions
 from worker.deps import Deps
 
 pytestmark = pytest.mark.integration
@@ -258,7 +258,7 @@ def test_rebuild_under_write_load_never_blocks_an_insert_for_the_whole_rebuild(
     monkeypatch.setattr(maintenance, "PROGRESS_INTERVAL_S", 0.02)
     deps = make_deps(maintenance_parallel_workers=0)
     load_vectors(database_url, SMALL_MODEL, unit_vectors(ROWS, 384))
-    name = maintenance.index_name(SMALL_MODEL)
+    name = hnsw.index_name(SMALL_MODEL)
     latencies: list[tuple[float, float]] = []  # (start, seconds)
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -310,7 +310,7 @@ def test_rebuild_under_write_load_never_blocks_an_insert_for_the_whole_rebuild(
     phases = [p["phase"] for p in result.progress]
     assert any(p.startswith("building index") for p in phases), phases
     with deps.engine.connect() as conn:
-        assert maintenance.index_state(conn, name) == "valid"
+        assert hnsw.index_state(conn, name) == "valid"
     count = fetch(deps, "SELECT count(*) FROM article_embeddings WHERE model = :m", m=SMALL_MODEL)
     assert count == [(ROWS + len(latencies),)]
 
@@ -319,7 +319,7 @@ def test_invalid_index_from_a_failed_concurrent_build_is_dropped_and_rebuilt(
     deps: Deps, database_url: str
 ) -> None:
     info = small_info(deps)
-    name = maintenance.index_name(SMALL_MODEL)
+    name = hnsw.index_name(SMALL_MODEL)
     load_vectors(database_url, SMALL_MODEL, unit_vectors(50, 384))
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"DROP INDEX {name}")
@@ -334,19 +334,19 @@ def test_invalid_index_from_a_failed_concurrent_build_is_dropped_and_rebuilt(
             conn.execute(maintenance.create_index_sql(info, deps.settings))
         conn.execute("DELETE FROM articles WHERE id = 999999")
     with deps.engine.connect() as conn:
-        assert maintenance.index_state(conn, name) == "invalid"
+        assert hnsw.index_state(conn, name) == "invalid"
 
     result = maintenance.rebuild_hnsw(deps, model=SMALL_MODEL)
 
     assert (result.dropped_invalid, result.created) == ([name], [name])
     with deps.engine.connect() as conn:
-        assert maintenance.index_state(conn, name) == "valid"
+        assert hnsw.index_state(conn, name) == "valid"
 
 
 def test_invalid_reindex_leftover_is_dropped_before_the_next_rebuild(
     deps: Deps, database_url: str
 ) -> None:
-    name = maintenance.index_name(SMALL_MODEL)
+    name = hnsw.index_name(SMALL_MODEL)
     with psycopg.connect(database_url, autocommit=True) as conn:
         # What a cancelled REINDEX CONCURRENTLY leaves behind: an invalid `<name>_ccnew`.
         conn.execute(
@@ -374,7 +374,7 @@ def test_churn_past_the_ratio_triggers_a_rebuild_and_resets_the_count(
 ) -> None:
     deps = make_deps(hnsw_rebuild_churn_ratio=0.2)
     info = small_info(deps)
-    name = maintenance.index_name(SMALL_MODEL)
+    name = hnsw.index_name(SMALL_MODEL)
     ids = load_vectors(database_url, SMALL_MODEL, unit_vectors(100, 384))
     _flush_stats(database_url, "SELECT 1")
     first = maintenance.rebuild_hnsw(deps, force=True, model=SMALL_MODEL)
@@ -427,7 +427,7 @@ def test_below_the_ratio_nothing_is_rebuilt(
 
 def test_build_parameters_come_from_settings(make_deps: Callable[..., Deps]) -> None:
     deps = make_deps(hnsw_m=8, hnsw_ef_construction=40)
-    name = maintenance.index_name(SMALL_MODEL)
+    name = hnsw.index_name(SMALL_MODEL)
     with deps.engine.begin() as conn:
         conn.execute(text(f"DROP INDEX {name}"))
 
@@ -464,7 +464,7 @@ def test_backfill_mode_builds_the_index_once_the_backlog_is_done(
     info = maintenance.register_model(
         deps, "text-embedding-3-small@384", 384, "openai", build_index=False
     )
-    name = maintenance.index_name(info.name)
+    name = hnsw.index_name(info.name)
     assert not info.is_indexed
     ids = [make_article() for _ in range(20)]
     pipeline.intake(deps, ids)
@@ -495,4 +495,4 @@ def test_backfill_index_is_built_on_demand_by_name(
 
     result = maintenance.rebuild_hnsw(deps, model="text-embedding-3-small@384")
 
-    assert result.created == [maintenance.index_name("text-embedding-3-small@384")]
+    assert result.created == [hnsw.index_name("text-embedding-3-small@384")]

@@ -13,11 +13,11 @@ from alembic import command
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import ProgrammingError
 
+from devstack.services import LocalPostgres
 from tests.conftest import MODEL, SMALL_MODEL, fetch
-from worker import maintenance, partitions, pipeline
-from worker.cli import alembic_config
+from worker import hnsw, maintenance, partitions, pipeline
 from worker.deps import Deps
-from worker.localstack import LocalPostgres
+from worker.schema import alembic_config
 
 pytestmark = pytest.mark.integration
 
@@ -100,18 +100,16 @@ def test_maintenance_role_creates_partitions_and_rebuilds_indexes(
     info = maintenance.register_model(deps, "roles-test-8", 8, "openai")  # CREATE INDEX
 
     assert len(created.created) == 2 and not created.is_locked_out
-    assert sorted(rebuilt.rebuilt) == sorted(
-        maintenance.index_name(m) for m in (MODEL, SMALL_MODEL)
-    )
+    assert sorted(rebuilt.rebuilt) == sorted(hnsw.index_name(m) for m in (MODEL, SMALL_MODEL))
     owners = fetch(
         deps,
         "SELECT c.relname, c.relowner::regrole::text FROM pg_class c "
         "WHERE c.relname = ANY(:names) ORDER BY 1",
-        names=[*created.created, maintenance.index_name(info.name)],
+        names=[*created.created, hnsw.index_name(info.name)],
     )
     # Owned by the group role (the login's default role), not by the login itself.
     assert [tuple(r) for r in owners] == sorted(
-        (n, MAINTENANCE) for n in [*created.created, maintenance.index_name(info.name)]
+        (n, MAINTENANCE) for n in [*created.created, hnsw.index_name(info.name)]
     )
     (where,) = fetch(deps, "SELECT tableoid::regclass::text FROM articles WHERE id = :i", i=later)
     assert where[0] == partitions.month_partition(year, month + 1).name

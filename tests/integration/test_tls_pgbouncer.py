@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from sqlalchemy import event
 
+from devstack.services import LocalPostgres
 from tests.conftest import MODEL, fetch
 from tests.pgbouncer import CertificateAuthority, PgBouncer, served_certificate, wait_until
 from worker import pipeline
 from worker.deps import Deps
-from worker.localstack import LocalPostgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
-from worker.cli import alembic_config
-from worker.localstack import LocalPostgres
+from devstack.services import LocalPostgres
+from worker.schema import alembic_config
 
 pytestmark = pytest.mark.integration
 

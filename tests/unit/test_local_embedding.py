@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from devstack.sample import sample_articles
 from worker import local_embedding
 from worker.local_embedding import embed_texts
-from worker.sample import sample_articles
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

