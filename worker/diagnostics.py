@@ -366,8 +366,7 @@ def key_queries(conn: Connection, deps: Deps) -> list[PlanCheck]:
         ),
         PlanCheck(
             "plan: recent-articles browse",
-            "SELECT id, title, published_at FROM articles WHERE user_id = :u AND NOT is_read "
-            "ORDER BY published_at DESC LIMIT 20",
+            repository.BROWSE_RECENT_UNREAD,
             {"u": 1},
             r"Index (Only )?Scan using \S*user\S*read\S*published\S* on articles_",
         ),

@@ -185,6 +185,13 @@ def claim_pending(conn: Connection, model: str, limit: int, worker_id: str) -> C
     return Claim(token=token, article_ids=tuple(sorted(r[0] for r in rows)))
 
 
+# The readers' typical browse (seed 000: a user's unread articles, newest first), served by
+# articles_user_read_published_idx; the worker never runs it, `embedder diagnose` checks it.
+BROWSE_RECENT_UNREAD = (
+    "SELECT id, title, published_at FROM articles WHERE user_id = :u AND NOT is_read "
+    "ORDER BY published_at DESC LIMIT 20"
+)
+
 # Parameters :m (model) and :ids; diagnostics EXPLAINs this very statement.
 LOAD_ARTICLES = """
 SELECT a.id, a.published_at, a.title, a.content, e.content_hash
