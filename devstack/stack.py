@@ -208,7 +208,7 @@ def _request_counts(metrics_dir: Path) -> tuple[int, int]:
         for sample in family.samples:
             if sample.name == "embedder_batches_total":
                 batches += sample.value
-            elif sample.name == "embedder_api_request_seconds_count":
+            elif sample.name == "embedder_provider_requests_total":
                 requests += sample.value
     return int(batches), int(requests)
 

@@ -27,6 +27,11 @@ FAILURES = Counter(
     "embedder_failures_total", "Items recorded as failed or skipped, by reason", ["model", "reason"]
 )
 BATCHES = Counter("embedder_batches_total", "Embedding requests planned", ["model"])
+REQUESTS = Counter(
+    "embedder_provider_requests_total",
+    "Requests sent to the embedding provider (retries included; local provider calls too)",
+    ["model"],
+)
 BATCH_SIZE = Histogram(
     "embedder_batch_size",
     "Inputs per embedding request",
