@@ -72,7 +72,7 @@ LANGUAGES: Final[tuple[str, ...]] = tuple(_LANGUAGE_WEIGHTS)
 
 _MEDIAN_CHARS: Final = 4500
 _SIGMA: Final = 0.6
-_WINDOW: Final = timedelta(days=120)
+SAMPLE_WINDOW: Final = timedelta(days=120)  # published_at spans this long before `now`
 _FEEDS: Final = 16
 _USERS: Final = 4
 _READ_RATIO: Final = 0.35
@@ -218,7 +218,7 @@ def _generate(
     lo = normal.cdf((math.log(min_chars) - mu) / _SIGMA)
     hi = normal.cdf((math.log(max_chars) - mu) / _SIGMA)
     eps = 1e-12
-    window_s = int(_WINDOW.total_seconds())
+    window_s = int(SAMPLE_WINDOW.total_seconds())
 
     for _ in range(count):
         language = languages[int(rng.random() * len(languages))]

@@ -249,6 +249,9 @@ class LocalRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Its own session: a Ctrl-C in the terminal must not kill Redis under the workers;
+            # the stack stops it last, itself.
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while not redis_answers(self.url):

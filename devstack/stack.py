@@ -14,9 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from devstack.services import (
     LocalPostgres,
@@ -25,11 +27,14 @@ from devstack.services import (
     local_build_workers,
     redis_answers,
 )
+from worker.config import redact_url
+from worker.partitions import DEFAULT_PARTITION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = REPO_ROOT / ".data"
 LOCAL_PG_PORT = 54329
 PRIVATE_REDIS_PORT = 6390
+PROGRESS_LINE_S = 5.0  # without a terminal: one plain progress line this often
 
 
 def _stack_env(demo: bool) -> tuple[dict[str, str], list[Any]]:
@@ -53,7 +58,11 @@ def _stack_env(demo: bool) -> tuple[dict[str, str], list[Any]]:
             env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
         else:
             private = LocalRedis(DATA / "redis", PRIVATE_REDIS_PORT)
-            print(f"starting a private redis-server on 127.0.0.1:{private.port}")
+            wanted = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+            print(
+                f"REDIS_URL {redact_url(wanted)} does not answer: "
+                f"starting a private redis-server on 127.0.0.1:{private.port}"
+            )
             private.start()
             started.append(private)
             env["REDIS_URL"] = private.url
@@ -69,16 +78,38 @@ def _stack_env(demo: bool) -> tuple[dict[str, str], list[Any]]:
 
 
 def _seed(deps: Any, count: int) -> int:
-    from devstack.sample import sample_articles
-    from worker import repository
+    """Top the database up to `count` sample articles; return how many it holds.
+
+    The sample spans the 120 days before now. Partitions for those months are created
+    first (the migration made this month and the next ones), so the articles land in
+    monthly partitions, as a real feed's would; one in 50 is dated a year earlier (into
+    DEFAULT: no partition covers it) and one in 50 a few weeks ahead (next month's).
+    """
+    from devstack.sample import SAMPLE_WINDOW, sample_articles
+    from worker import partitions, repository
 
     with deps.engine.begin() as conn:
         have = repository.article_count(conn)
         if have >= count:
             return have
-        repository.insert_articles(
-            conn,
-            [
+        today = datetime.now(UTC).date()
+        oldest = today - SAMPLE_WINDOW
+        present = partitions.existing_partitions(conn)
+        back = 1
+        while (month := partitions.month_partition(*partitions.add_months(today, -back))).end > (
+            oldest
+        ):
+            if month.name not in present:
+                partitions.create_month_partition(conn, month)
+            back += 1
+        rows = []
+        for n, a in enumerate(sample_articles(count - have, seed=have), start=have):
+            published = a.published_at
+            if n % 50 == 7:
+                published -= timedelta(days=365)
+            elif n % 50 == 31:
+                published += timedelta(days=SAMPLE_WINDOW.days // 6)
+            rows.append(
                 {
                     "feed_id": a.feed_id,
                     "user_id": a.user_id,
@@ -86,20 +117,20 @@ def _seed(deps: Any, count: int) -> int:
                     "content": a.content,
                     "tags": list(a.tags),
                     "is_read": a.is_read,
-                    "published_at": a.published_at,
+                    "published_at": published,
                 }
-                for a in sample_articles(count - have, seed=have)
-            ],
-        )
+            )
+        repository.insert_articles(conn, rows)
     return count
 
 
 def _progress(
-    deps: Any, total: int, timeout_s: float, stack: subprocess.Popen[bytes]
+    deps: Any, ids: list[int], timeout_s: float, stack: subprocess.Popen[bytes]
 ) -> tuple[int, int]:
-    """Show a bar until every article has a vector or a recorded failure; (embedded, failed).
+    """Show a bar until each of `ids` has a vector or a recorded failure; (embedded, failed).
 
-    Read from PostgreSQL, the durable state every worker writes anyway.
+    Read from PostgreSQL, the durable state every worker writes anyway; counts only these
+    ids, so vectors of earlier runs never show up as this run's progress.
     """
     from tqdm import tqdm
 
@@ -108,18 +139,40 @@ def _progress(
     model = deps.settings.embedding_model
     deadline = time.monotonic() + timeout_s
     embedded = failed = 0
-    with tqdm(total=total, unit="articles", desc=f"embedding ({model})") as bar:
+    is_tty = sys.stdout.isatty()  # a bar redraws its line: only on a terminal
+    last_line = 0.0
+    with tqdm(
+        total=len(ids), unit="articles", desc=f"embedding ({model})", disable=not is_tty
+    ) as bar:
         while time.monotonic() < deadline:
             with deps.engine.connect() as conn:
-                embedded, failed = repository.model_progress(conn, model)
+                embedded, failed = repository.ids_progress(conn, model, ids)
             bar.n = embedded + failed
             bar.refresh()
-            if embedded + failed >= total:
+            if not is_tty and time.monotonic() - last_line >= PROGRESS_LINE_S:
+                tqdm.write(f"progress: {embedded + failed}/{len(ids)} (failed {failed})")
+                last_line = time.monotonic()
+            if embedded + failed >= len(ids):
                 break
             if stack.poll() is not None:
                 raise StackError("the worker processes exited; see their output above")
             time.sleep(0.5)
-    return int(embedded), int(failed)
+    return embedded, failed
+
+
+class _Relay(threading.Thread):
+    """Copies the Procfile processes' output to ours a line at a time, through tqdm.write,
+    so a log line never lands on the progress bar's line."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        super().__init__(name="devstack-relay", daemon=True)
+        self.stream = stream
+
+    def run(self) -> None:
+        from tqdm import tqdm
+
+        for raw in iter(self.stream.readline, b""):
+            tqdm.write(raw.decode(errors="replace").rstrip("\n"))
 
 
 def run_stack(*, demo: bool, articles: int = 300) -> int:
@@ -140,7 +193,14 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
         deps = build_deps(settings, application_name="embedder-run")
         migrate(deps)
         total = _seed(deps, articles)
-        print(f"{total} sample articles in the database; starting worker, beat and Flower")
+        with deps.engine.connect() as conn:
+            ids = repository.missing_vector_ids(conn, settings.embedding_model, 0, total)
+            in_default = repository.article_count(conn, partition=DEFAULT_PARTITION)
+        print(
+            f"{total} sample articles in the database ({total - in_default} in monthly "
+            f"partitions, {in_default} in {DEFAULT_PARTITION}), {len(ids)} without a vector; "
+            "starting worker, beat and Flower"
+        )
         honcho = subprocess.Popen(
             [
                 sys.executable,
@@ -153,23 +213,29 @@ def run_stack(*, demo: bool, articles: int = 300) -> int:
                 "start",
             ],
             env=env,
+            stdout=subprocess.PIPE,  # relayed line by line, never onto the progress bar
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # we stop its whole group ourselves
         )
+        assert honcho.stdout is not None
+        _Relay(honcho.stdout).start()
         r = redis.Redis.from_url(settings.redis_url)
-        with deps.engine.connect() as conn:
-            ids = repository.article_ids(conn)
         _wait_for_worker(settings.redis_url, honcho)
-        started_at = time.monotonic()  # ingest time only, not the workers' start-up
-        enqueue(ids, settings.embedding_model, client=r, chunk_size=50)
         print(f"Flower: http://127.0.0.1:{env['FLOWER_PORT']}  (Ctrl-C stops everything)")
-        embedded, failed = _progress(deps, len(ids), 600 if demo else 3600, honcho)
-        seconds = time.monotonic() - started_at
-        batches, requests = _request_counts(Path(env["PROMETHEUS_MULTIPROC_DIR"]))
-        print(
-            f"summary: articles={len(ids)} embedded={embedded} failed={failed} "
-            f"batches={batches} requests={requests} "
-            f"seconds={seconds:.1f} articles/s={len(ids) / max(seconds, 1e-9):.1f}"
-        )
+        if ids:
+            started_at = time.monotonic()  # ingest time only, not the workers' start-up
+            enqueue(ids, settings.embedding_model, client=r, chunk_size=50)
+            embedded, failed = _progress(deps, ids, 600 if demo else 3600, honcho)
+            seconds = time.monotonic() - started_at
+            batches, requests = _request_counts(Path(env["PROMETHEUS_MULTIPROC_DIR"]))
+            print(
+                f"summary: articles={len(ids)} embedded={embedded} failed={failed} "
+                f"batches={batches} requests={requests} "
+                f"seconds={seconds:.1f} articles/s={len(ids) / max(seconds, 1e-9):.1f}"
+            )
+        else:
+            embedded = failed = 0
+            print(f"summary: nothing to embed: all {total} articles have a vector")
         _show_search(deps)
         if not demo:
             print("running; Ctrl-C to stop")
@@ -230,9 +296,9 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def _show_search(deps: Any) -> None:
     from devstack.sample import sample_queries
-    from worker.search import search_text
+    from worker.search import format_hits, search_text
 
     for language, query in sample_queries()[:2]:
         print(f"search [{language}] {query!r}:")
-        for hit in search_text(deps, query, k=3):
-            print(f"  {hit.distance:.3f}  #{hit.article_id}  {hit.title[:70]}")
+        for line in format_hits(search_text(deps, query, k=3), title_width=70):
+            print(f"  {line}")

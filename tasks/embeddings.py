@@ -71,7 +71,8 @@ def drain(self: Task, model: str | None = None) -> dict[str, Any]:
         raise
     if result.claimed:
         _after_drain(deps, info.name, result)
-    logger.info(
+    logger.log(
+        logging.INFO if result.claimed else logging.DEBUG,  # an empty drain is no event
         "drain %s: claimed=%s embedded=%s unchanged=%s failed=%s skipped=%s released=%s",
         info.name,
         result.claimed,

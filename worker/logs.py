@@ -39,5 +39,12 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # httpx logs every request URL at INFO; keep it quiet unless debugging.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # At INFO an idle worker says nothing and real events stand out. Quieted unless
+    # debugging: httpx (every request URL), Alembic's plugin set-up (seven lines per
+    # migrate), and Celery's per-message "received"/"succeeded" lines (two per message,
+    # housekeeping included; failures are still logged, at ERROR).
+    quiet = ("httpx", "alembic.runtime.plugins", "celery.worker.strategy", "celery.app.trace")
+    for name in quiet:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+        )

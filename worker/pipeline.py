@@ -517,7 +517,7 @@ def log_pool_stats(deps: Deps) -> None:
         ("overflow", stats.overflow),
     ):
         metrics.POOL.labels(state=state).set(value)
-    logger.info("pool stats %s", stats.as_dict())
+    logger.debug("pool stats %s", stats.as_dict())  # also in metrics: not worth an INFO line
 
 
 def is_db_transient(exc: BaseException) -> bool:

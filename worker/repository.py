@@ -666,13 +666,16 @@ def stored_vector(conn: Connection, article_id: int, model: str) -> Any | None:
     return row[0].to_numpy() if hasattr(row[0], "to_numpy") else row[0]
 
 
-def article_count(conn: Connection) -> int:
-    return int(conn.execute(text("SELECT count(*) FROM articles")).scalar_one())
-
-
-def article_ids(conn: Connection) -> list[int]:
-    """Every article id, ascending (the dev stack's demo enqueues them all)."""
-    return [r[0] for r in conn.execute(text("SELECT id FROM articles ORDER BY id"))]
+def article_count(conn: Connection, *, partition: str | None = None) -> int:
+    """Articles in the table, or in one of its partitions (by name)."""
+    if partition is None:
+        return int(conn.execute(text("SELECT count(*) FROM articles")).scalar_one())
+    return int(
+        conn.execute(
+            text("SELECT count(*) FROM articles WHERE tableoid = to_regclass(:p)"),
+            {"p": partition},
+        ).scalar_one()
+    )
 
 
 def insert_articles(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -688,16 +691,18 @@ def insert_articles(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
-def model_progress(conn: Connection, model: str) -> tuple[int, int]:
-    """(articles with a vector for `model`, jobs of `model` failed or skipped)."""
+def ids_progress(conn: Connection, model: str, article_ids: Sequence[int]) -> tuple[int, int]:
+    """Of these articles: (how many have a vector for `model`, how many jobs failed or skipped)."""
     row = conn.execute(
         text(
             """
-            SELECT (SELECT count(*) FROM article_embeddings WHERE model = :m),
+            SELECT (SELECT count(*) FROM article_embeddings
+                    WHERE model = :m AND article_id = ANY(CAST(:ids AS bigint[]))),
                    (SELECT count(*) FROM embedding_jobs
-                    WHERE model = :m AND state IN ('failed', 'skipped'))
+                    WHERE model = :m AND article_id = ANY(CAST(:ids AS bigint[]))
+                      AND state IN ('failed', 'skipped'))
             """
         ),
-        {"m": model},
+        {"m": model, "ids": list(article_ids)},
     ).one()
     return int(row[0]), int(row[1])

@@ -101,6 +101,19 @@ def search_vector(
     )
 
 
+def format_hits(hits: list[Hit], *, title_width: int | None = None) -> list[str]:
+    """Hits as labelled lines: a header, then similarity (1 - cosine distance; higher is
+    closer, 1 = same direction), article id, publication date and title."""
+    lines = [f"{'similarity':>10}  {'article':>8}  {'published':<10}  title"]
+    for hit in hits:
+        title = hit.title if title_width is None else hit.title[:title_width]
+        lines.append(
+            f"{1.0 - hit.distance:>10.4f}  {hit.article_id:>8}  "
+            f"{hit.published_at:%Y-%m-%d}  {title}"
+        )
+    return lines
+
+
 def _require_index(info: ModelInfo) -> None:
     if not info.is_indexed:
         raise PermanentError(
