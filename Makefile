@@ -15,14 +15,17 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 # What the tests need from the system: Debian's PgBouncer (it has OpenSSL; it terminates TLS
-# in front of the embedded server, which has none) and redis-server (a private one is started
-# when no Redis answers). Installed with apt when we are root; otherwise one line says what
-# to install, before anything runs.
-SYSTEM_PACKAGES := pgbouncer redis-server
+# in front of the embedded server, which has none), redis-server (a private one is started
+# when no Redis answers), chromium (Flower's pages in a real browser, driven by playwright)
+# and prometheus for its promtool (the alert rules' tests). An entry is a command, or
+# `command:package` when the package that provides it has another name. Installed with apt
+# when we are root; otherwise one line says what to install, before anything runs.
+SYSTEM_PACKAGES := pgbouncer redis-server chromium promtool:prometheus
 system-deps:
 	@missing=""; \
-	for pkg in $(SYSTEM_PACKAGES); do \
-	  command -v $$pkg >/dev/null 2>&1 || [ -x /usr/sbin/$$pkg ] || missing="$$missing $$pkg"; \
+	for entry in $(SYSTEM_PACKAGES); do \
+	  cmd=$${entry%%:*}; pkg=$${entry#*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || [ -x /usr/sbin/$$cmd ] || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
