@@ -9,9 +9,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
-from tests.conftest import SMALL_MODEL
-from worker import cli, diagnostics, hnsw, partitions
+from devstack.sample import sample_articles
+from tests.conftest import MODEL, SMALL_MODEL
+from worker import cli, diagnostics, hnsw, partitions, pipeline, repository
 from worker.deps import Deps
 
 pytestmark = pytest.mark.integration
@@ -53,6 +55,42 @@ def test_healthy_database_passes_every_check(
     } <= names
     code, report = run_cli(settings, monkeypatch, capsys)
     assert (code, report["ok"]) == (0, True)
+
+
+def test_a_demo_sized_database_passes_every_check(deps: Deps) -> None:
+    """The checks accept every correct plan: on the demo's row counts, analysed, the planner
+    picks other indexes than on an empty database (the upsert's lookup by article_id once
+    went through article_embeddings_article_published_idx and failed a healthy stack)."""
+    articles = list(sample_articles(300, seed=11))
+    with deps.engine.begin() as conn:
+        repository.insert_articles(
+            conn,
+            [
+                {
+                    "feed_id": a.feed_id,
+                    "user_id": a.user_id,
+                    "title": a.title,
+                    "content": a.content,
+                    "tags": list(a.tags),
+                    "is_read": a.is_read,
+                    "published_at": a.published_at,
+                }
+                for a in articles
+            ],
+        )
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM articles ORDER BY id"))]
+    pipeline.intake(deps, ids, MODEL)
+    result = pipeline.drain(deps, MODEL, linger=False)
+    assert result.embedded == 300
+    with deps.engine.begin() as conn:
+        conn.execute(text("ANALYZE"))
+
+    checks = diagnostics.run_diagnostics(deps)
+
+    assert [c for c in checks if c.status == "fail"] == []
+    assert by_name(checks)["plan: upsert conflict target"].summary == (
+        "Conflict Arbiter Indexes: article_embeddings_pkey"
+    )
 
 
 def test_broken_database_reports_each_problem_and_exits_1(
