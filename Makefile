@@ -3,16 +3,38 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Every dependency's version, pinned: CI (below) and the image (Dockerfile) install with
+# `-c $(LOCK)`. Constraints pin versions without adding packages, so one file serves both:
+# the image installs only the runtime dependencies, CI the `dev` extra (which includes `local`).
+LOCK   := constraints.txt
 
-.PHONY: setup system-deps run demo test test-e2e test-chaos lint typecheck migrate bench clean
+.PHONY: setup system-deps run demo test test-e2e test-chaos lint typecheck migrate bench clean lock lock-upgrade
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# `make lock` after editing pyproject.toml's dependencies: resolves again, keeping every pin
+# that still fits. `make lock-upgrade`: the newest releases pyproject.toml allows. Either
+# resolves for Python 3.11 on every platform (markers in the file) from the package index.
+# Needs only uv (pinned in the dev extra), not an installed project, so a pin that no longer
+# fits pyproject.toml can still be re-locked.
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+	--custom-compile-command "make lock" --quiet --output-file $(LOCK)
+
+lock: $(BIN)/uv
+	$(UV_COMPILE)
+
+lock-upgrade: $(BIN)/uv
+	$(UV_COMPILE) --upgrade
+
+$(BIN)/uv:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c $(LOCK) uv
 
 # What the tests need from the system: Debian's PgBouncer (it has OpenSSL; it terminates TLS
 # in front of the embedded server, which has none), redis-server (a private one is started

@@ -91,6 +91,7 @@ def test_the_production_image_copies_no_dev_stack() -> None:
         "pyproject.toml",
         "README.md",
         "alembic.ini",
+        "constraints.txt",
         "worker",
         "tasks",
         "migrations",
