@@ -191,6 +191,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         skip=args.skip or (),
         worker_names=args.worker or None,
         timeout_s=args.timeout,
+        liveness=args.liveness,
     )
     print(json.dumps(health.as_dict(), indent=2) if args.json else health.render())
     return 0 if health.ok else 1
@@ -282,7 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--max-backlog-age", type=float, default=900.0, metavar="S")
     sp.add_argument("--skip", action="append", choices=["database", "broker", "worker", "backlog"])
-    sp.add_argument("--worker", action="append", metavar="NAME", help="ping this worker only")
+    sp.add_argument(
+        "--worker",
+        action="append",
+        metavar="NAME",
+        help="ping this worker only; %%h is this host, as in `celery worker -n embeddings@%%h`",
+    )
+    sp.add_argument(
+        "--liveness",
+        action="store_true",
+        help="only broker and worker: what an orchestrator should restart on "
+        "(not database or backlog, which a restart does not cure)",
+    )
     sp.add_argument("--timeout", type=float, default=2.0, metavar="S")
     sp = add("metrics-server", cmd_metrics_server, "Prometheus exporter for all worker processes")
     sp.add_argument("--port", type=int, default=9808)

@@ -7,20 +7,33 @@ Checks, each independent (one failing does not hide the others):
 - worker: at least one Celery worker answers a control ping (optionally a named one);
 - backlog: the oldest pending item of every model is younger than a threshold.
 
+Two uses (docs/operations.md, "Health checks: restart or page"): `--liveness` runs only
+what a restart can cure, for an orchestrator's health check of one worker container; the
+full set says whether the deployment keeps up, for alerting a human.
+
 Error details are one line, with any URL password redacted: the output is safe to log.
 """
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from worker import repository, schema
-from worker.config import Settings, redact_url
+from worker.config import ConfigError, Settings, redact_url
 
 CHECKS = ("database", "broker", "worker", "backlog")
+# What an orchestrator may restart a worker container on: does this worker still take
+# commands? The ping travels through the broker, so `broker` runs too and says why when it
+# fails. Not `database`: a worker rides out a database outage by itself (pre-ping, task
+# retries), and restarting every worker during a failover only adds a reconnect storm; a
+# schema behind the code is cured by `embedder migrate`, not a restart. Not `backlog`: a long
+# backfill or a provider outage makes the backlog old while every worker is fine.
+LIVENESS_CHECKS = ("broker", "worker")
 DEFAULT_MAX_BACKLOG_AGE_S = 900.0
 
 
@@ -121,6 +134,31 @@ def ping_workers(
     return sorted(name for reply in replies or [] for name in reply)
 
 
+_NODE_NAME_KEY = re.compile(r"%(.)")
+
+
+def expand_node_name(name: str, hostname: str | None = None) -> str:
+    """`name` with the abbreviations `celery worker -n` expands: %h, %n, %d and %%.
+
+    %h is this host's name, %n its first label, %d the rest, so the health check inside a
+    container names the worker started there as its command line does (`embeddings@%h`).
+    """
+    host = hostname if hostname is not None else socket.gethostname()
+    short, _, domain = host.partition(".")
+    keys = {"h": host, "n": short, "d": domain, "%": "%"}
+
+    def expand(match: re.Match[str]) -> str:
+        try:
+            return keys[match.group(1)]
+        except KeyError:
+            raise ConfigError(
+                f"unknown abbreviation %{match.group(1)} in worker name {name!r} "
+                "(known: %h, %n, %d, %%)"
+            ) from None
+
+    return _NODE_NAME_KEY.sub(expand, name)
+
+
 def check_worker(
     redis_url: str,
     timeout_s: float,
@@ -166,10 +204,19 @@ def check_health(
     skip: Sequence[str] = (),
     worker_names: Sequence[str] | None = None,
     timeout_s: float = 2.0,
+    liveness: bool = False,
 ) -> Health:
-    """Run every check not in `skip`; builds (and disposes) an engine unless one is given."""
+    """Run every check not in `skip`; builds (and disposes) an engine unless one is given.
+
+    `liveness` runs only LIVENESS_CHECKS (and of those, only what `skip` leaves). Worker
+    names may use %h, %n and %d as `celery worker -n` does.
+    """
     from worker.db import make_engine
 
+    if liveness:
+        skip = (*skip, *(name for name in CHECKS if name not in LIVENESS_CHECKS))
+    if worker_names:
+        worker_names = [expand_node_name(name) for name in worker_names]
     started = time.monotonic()
     own_engine = engine is None and not {"database", "backlog"} <= set(skip)
     if own_engine:

@@ -115,3 +115,25 @@ def test_cli_prints_json_and_exits_1_when_a_check_fails(settings: Settings, deps
     )
     assert passing.returncode == 0, passing.stdout + passing.stderr
     assert sorted(json.loads(passing.stdout)["checks"]) == ["backlog", "broker", "database"]
+
+
+def test_liveness_runs_broker_and_worker_only_so_an_old_backlog_or_a_lost_database_pass(
+    settings: Settings, deps: Deps, make_article, redis_client: object
+) -> None:
+    pipeline.intake(deps, [make_article()])
+    with deps.engine.begin() as conn:
+        conn.execute(text("UPDATE embedding_jobs SET enqueued_at = now() - interval '2 hours'"))
+    lost_database = replace(
+        settings, database_url=f"postgresql://embedder@127.0.0.1:{free_port()}/nope"
+    )
+
+    keeping_up = check_health(settings, engine=deps.engine, skip=NO_WORKER)
+    liveness = check_health(settings, engine=deps.engine, liveness=True, timeout_s=0.5)
+    liveness_without_database = check_health(lost_database, liveness=True, timeout_s=0.5)
+
+    assert [name for name, c in keeping_up.checks.items() if not c.ok] == ["backlog"]
+    for health in (liveness, liveness_without_database):
+        assert list(health.checks) == ["broker", "worker"]
+        assert health.checks["broker"].ok
+        # No worker consumes this test's Redis database; tests/e2e/test_liveness.py has one.
+        assert not health.checks["worker"].ok
