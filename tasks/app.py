@@ -18,6 +18,7 @@ import redis
 from celery import Celery, signals
 from celery.schedules import crontab
 
+from tasks.flower_auth import refuse_open_flower
 from worker import deps as deps_mod
 from worker import logs
 from worker.config import ConfigError, Settings
@@ -152,6 +153,13 @@ def _build() -> Deps:
 @signals.setup_logging.connect
 def _setup_logging(**_: object) -> None:
     logs.configure(settings.log_level, settings.log_format)
+
+
+@signals.import_modules.connect
+def _refuse_open_flower(**_: object) -> None:
+    # Sent by every program that loads the task modules; in `celery flower` it comes after
+    # Flower has read all its options and before it listens (tasks/flower_auth.py).
+    refuse_open_flower()
 
 
 # Graceful stop of a pool child. SIGTERM reaches the children too when the whole process
