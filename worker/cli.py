@@ -33,20 +33,47 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from worker import repository
+    from worker.config import ConfigError, redact_url
     from worker.maintenance import register_model
+
+    def settings_of(m: repository.ModelInfo) -> str:
+        """The row's own provider settings, tab-separated; "-" is the process's setting.
+
+        api_key_env is the variable's name: no key is stored, so none can be shown.
+        """
+        base_url = redact_url(m.base_url) if m.base_url else None
+        own = (base_url, m.api_key_env, m.batch_max, m.batch_max_tokens)
+        return "\t".join("-" if v is None else str(v) for v in own)
 
     deps = _deps()
     if args.action == "add":
+        if not args.name or args.dimensions is None:
+            raise ConfigError("models add needs NAME and --dimensions N")
+        # An endpoint or a key variable only means something to an openai model.
+        provider = args.provider or ("openai" if args.base_url or args.api_key_env else None)
+        # Invalid settings (a key pasted into --api-key-env) are a ConfigError raised
+        # before anything is written: one line, exit 2.
         info = register_model(
-            deps, args.name, args.dimensions, args.provider, build_index=not args.no_index
+            deps,
+            args.name,
+            args.dimensions,
+            provider,
+            build_index=not args.no_index,
+            base_url=args.base_url,
+            api_key_env=args.api_key_env,
+            batch_max=args.batch_max,
+            batch_max_tokens=args.batch_max_tokens,
         )
         print(f"model {info.name}: {info.dimensions} dims, provider {info.provider}")
+        print(f"  base_url, api_key_env, batch_max, batch_max_tokens: {settings_of(info)}")
+        print("  (- = the process's OPENAI_BASE_URL, OPENAI_API_KEY, EMBED_BATCH_MAX(_TOKENS))")
         return 0
+    # Columns: name, dims, provider, indexed|backfill, then the row's own settings
+    # (base_url, api_key_env, batch_max, batch_max_tokens; "-" = the process's).
     with deps.engine.connect() as conn:
         for m in repository.list_models(conn):
-            print(
-                f"{m.name}\t{m.dimensions}\t{m.provider}\t{'indexed' if m.is_indexed else 'backfill'}"
-            )
+            index = "indexed" if m.is_indexed else "backfill"
+            print(f"{m.name}\t{m.dimensions}\t{m.provider}\t{index}\t{settings_of(m)}")
     return 0
 
 
@@ -244,12 +271,46 @@ def build_parser() -> argparse.ArgumentParser:
         sp = add(name, cmd_run, "the local stack moved to the checkout: `make run`/`make demo`")
         sp.add_argument("--articles", type=int, default=300, help=argparse.SUPPRESS)
     add("migrate", cmd_migrate, "apply migrations and register EMBEDDING_MODEL")
-    sp = add("models", cmd_models, "list or add embedding models")
-    sp.add_argument("action", choices=["list", "add"])
-    sp.add_argument("name", nargs="?")
-    sp.add_argument("--dimensions", type=int)
-    sp.add_argument("--provider")
-    sp.add_argument("--no-index", action="store_true", help="backfill first, build the index later")
+    sp = add("models", cmd_models, "list or add embedding models (each with its own provider)")
+    sp.add_argument("action", choices=["list", "add"], help="list the registry or add NAME")
+    sp.add_argument("name", nargs="?", help="add: the model name sent to the provider")
+    sp.add_argument(
+        "--dimensions", type=int, metavar="N", help="add: vector size the model returns (required)"
+    )
+    sp.add_argument(
+        "--provider",
+        choices=["openai", "local"],
+        help="add: openai (any OpenAI-compatible API) or local (offline n-grams); default "
+        "openai with --base-url or --api-key-env, else EMBEDDING_PROVIDER",
+    )
+    sp.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="add, openai: the API's base URL, e.g. http://host:11434/v1; default OPENAI_BASE_URL",
+    )
+    sp.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="add, openai: NAME of the environment variable holding the API key (never the "
+        "key itself; only the name is stored); default OPENAI_API_KEY",
+    )
+    sp.add_argument(
+        "--batch-max",
+        type=int,
+        metavar="N",
+        help="add: most inputs per request for this model (1-2048); "
+        "default and ceiling EMBED_BATCH_MAX",
+    )
+    sp.add_argument(
+        "--batch-max-tokens",
+        type=int,
+        metavar="N",
+        help="add: most tokens per request for this model; "
+        "default and ceiling EMBED_BATCH_MAX_TOKENS",
+    )
+    sp.add_argument(
+        "--no-index", action="store_true", help="add: backfill first, build the index later"
+    )
     sp = add("enqueue", cmd_enqueue, "publish embed_articles messages for these ids")
     sp.add_argument("ids", nargs="*")
     sp.add_argument("--stdin", action="store_true", help="also read ids from standard input")

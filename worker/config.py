@@ -1,6 +1,7 @@
 """Settings from the environment (12-factor), validated once at start.
 
-`Settings.from_env()` is the only reader of `os.environ`. Every problem is collected and
+`Settings.from_env()` and `secret_from_env()` (a model's own API key variable, named in its
+`embedding_models` row) are the only readers of `os.environ`. Every problem is collected and
 reported as one `ConfigError` whose message is safe to print: secrets never appear in it.
 """
 
@@ -20,6 +21,8 @@ PROVIDERS: tuple[Provider, ...] = ("openai", "local")
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:54329/embedder"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# What a model's `api_key_env` may hold: the NAME of an environment variable, never a key.
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 T = TypeVar("T")
 
@@ -290,6 +293,68 @@ def _check_url(errors: list[str], name: str, url: str, schemes: tuple[str, ...])
         errors.append(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
     elif scheme != "unix" and not parts.hostname and "host=" not in parts.query:
         errors.append(f"{name} has no host")
+
+
+def check_env_name(name: str, option: str = "--api-key-env") -> str:
+    """`name` if it is an environment variable name (^[A-Z_][A-Z0-9_]*$), else ConfigError.
+
+    The message never repeats the value: what was given may be the key itself.
+    """
+    if ENV_NAME.fullmatch(name):
+        return name
+    hint = (
+        "it looks like an API key itself; put the key in an environment variable "
+        "and give that variable's name"
+        if name.strip().lower().startswith("sk-")
+        else "use upper-case letters, digits and _ (not starting with a digit)"
+    )
+    raise ConfigError(
+        f"{option} must be the name of an environment variable holding the API key, "
+        f"not the key; {hint}"
+    )
+
+
+def check_model_settings(
+    provider: str,
+    *,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    batch_max: int | None = None,
+    batch_max_tokens: int | None = None,
+) -> None:
+    """Refuse a model row's provider settings that embedding_models' CHECKs would refuse,
+    with every problem in one ConfigError named after the `embedder models add` options."""
+    errors: list[str] = []
+    if provider not in PROVIDERS:
+        errors.append(f"--provider must be one of {', '.join(PROVIDERS)}")
+    if api_key_env is not None:
+        try:
+            check_env_name(api_key_env)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if base_url is not None and not re.match(r"https?://[^/?#]+", base_url):
+        errors.append("--base-url must be an http:// or https:// URL with a host")
+    if provider == "local" and (base_url is not None or api_key_env is not None):
+        errors.append("--base-url and --api-key-env apply to provider openai only")
+    if batch_max is not None and not 1 <= batch_max <= 2048:
+        errors.append("--batch-max must be between 1 and 2048 (OpenAI's input limit)")
+    if batch_max_tokens is not None and batch_max_tokens < 1:
+        errors.append("--batch-max-tokens must be at least 1")
+    if errors:
+        raise ConfigError("invalid model settings: " + "; ".join(errors))
+
+
+def secret_from_env(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of the environment variable `name` (None when unset or blank).
+
+    Read when a model's embedder is built, so a model can use its own key variable; the
+    value is returned to the caller only and never logged.
+    """
+    env = os.environ if env is None else env
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
 
 
 def redact_url(url: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -31,6 +31,9 @@ class Deps:
     kick_drain: Callable[[str], None] = _no_kick
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     embedder_factory: Callable[[Settings, ModelInfo], Embedder] | None = None
+    # Where models' own API key variables (embedding_models.api_key_env) are looked up;
+    # None is the process environment (tests pass a mapping instead).
+    secret_env: Mapping[str, str] | None = None
     _embedders: dict[str, Embedder] = field(default_factory=dict)
     _models: dict[str, ModelInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -54,6 +57,7 @@ class Deps:
             self._models.clear()
 
     def embedder(self, info: ModelInfo) -> Embedder:
+        """The model's embedder, built once per process from its row (see build_embedder)."""
         with self._lock:
             existing = self._embedders.get(info.name)
             if existing is None:
@@ -61,7 +65,7 @@ class Deps:
                     existing = self.embedder_factory(self.settings, info)
                 else:
                     existing = build_embedder(
-                        self.settings, info.name, info.dimensions, self.limiter
+                        self.settings, info, self.limiter, env=self.secret_env
                     )
                 self._embedders[info.name] = existing
             return existing

@@ -11,7 +11,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from tenacity import (
 )
 
 from worker import metrics
-from worker.config import Settings
+from worker.config import Settings, secret_from_env
 from worker.errors import (
     AuthenticationFailed,
     BadProviderResponse,
@@ -37,6 +37,7 @@ from worker.errors import (
     RateLimited,
     TransientError,
 )
+from worker.repository import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,12 @@ class OpenAIEmbedder:
         retry_max_wait_s: float = 20.0,
         limiter: RateLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        key_env: str = "OPENAI_API_KEY",
     ) -> None:
         self.model = model
         self.dimensions = dimensions
         self.stats = EmbedStats()
+        self._key_env = key_env  # named in the error when the provider refuses the key
         self._client = openai.OpenAI(
             api_key=api_key or "unused",
             base_url=base_url,
@@ -171,7 +174,7 @@ class OpenAIEmbedder:
                 self._limiter.observe_headers(raw.headers)
             content = raw.content
         except openai.APIError as exc:
-            raise classify(exc) from exc
+            raise classify(exc, key_env=self._key_env) from exc
         finally:
             metrics.API_LATENCY.observe(time.perf_counter() - started)
         embeddings, used = _parse_body(content)
@@ -222,14 +225,18 @@ def _as_array(embedding: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
         raise BadProviderResponse(f"undecodable embedding: {exc}") from exc
 
 
-def classify(exc: openai.APIError) -> TransientError | PermanentError:
-    """Map an openai exception to our tree: what to retry and what to record."""
+def classify(
+    exc: openai.APIError, *, key_env: str = "OPENAI_API_KEY"
+) -> TransientError | PermanentError:
+    """Map an openai exception to our tree: what to retry and what to record.
+
+    `key_env` is the variable that held the key, named when the credentials are refused.
+    """
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
         return ProviderUnavailable(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return AuthenticationFailed(
-            f"the embedding API refused the credentials (HTTP {exc.status_code}); "
-            "check OPENAI_API_KEY"
+            f"the embedding API refused the credentials (HTTP {exc.status_code}); check {key_env}"
         )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
@@ -302,19 +309,75 @@ def embed_isolating(
     return vectors, rejected
 
 
+@dataclass
+class MissingKeyEmbedder:
+    """Stands in for an openai model whose API key variable is unset: refuses every call.
+
+    The refusal is an AuthenticationFailed, as if the provider had answered 401, so the
+    pipeline parks the items (EMBED_AUTH_BACKOFF_S, no attempt counted) and stops draining
+    the model instead of crashing; the message names the variable, never a value.
+    """
+
+    model: str
+    dimensions: int
+    key_env: str
+    stats: EmbedStats = field(default_factory=EmbedStats)
+
+    @property
+    def message(self) -> str:
+        return (
+            f"model {self.model} needs an API key in the environment variable {self.key_env}, "
+            f"which is not set in the worker's environment; set {self.key_env} and restart "
+            "the worker (or change the model's api_key_env)"
+        )
+
+    def embed(self, texts: Sequence[str], token_count: int = 0) -> Vectors:  # noqa: ARG002
+        raise AuthenticationFailed(self.message)
+
+    def close(self) -> None:
+        pass
+
+
 def build_embedder(
-    settings: Settings, model: str, dimensions: int, limiter: RateLimiter | None = None
+    settings: Settings,
+    info: ModelInfo,
+    limiter: RateLimiter | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Embedder:
-    """The provider named by EMBEDDING_PROVIDER for `model`."""
-    if settings.embedding_provider == "local":
-        return LocalEmbedder(model=model, dimensions=dimensions)
+    """The embedder the model's row describes; a null setting falls back to the process's.
+
+    provider `local` is the offline n-gram embedder. provider `openai` calls `base_url`
+    (null: OPENAI_BASE_URL) with the key in the variable `api_key_env` (null: the
+    OPENAI_API_KEY read at start), looked up in `env` (None: the process environment).
+    The shared rate limiter is the process provider's: only a model that uses the process's
+    endpoint and key is charged to it.
+    """
+    if info.provider == "local":
+        return LocalEmbedder(model=info.name, dimensions=info.dimensions)
+    if info.provider != "openai":  # the table's CHECK allows no other value
+        raise ValueError(f"model {info.name!r} has an unknown provider {info.provider!r}")
+    key_env = info.api_key_env or "OPENAI_API_KEY"
+    api_key = (
+        settings.openai_api_key
+        if info.api_key_env is None
+        else secret_from_env(info.api_key_env, env)
+    )
+    if not api_key:
+        logger.error(
+            "model %s: API key variable %s is not set; its items wait until it is",
+            info.name,
+            key_env,
+        )
+        return MissingKeyEmbedder(model=info.name, dimensions=info.dimensions, key_env=key_env)
+    is_process_endpoint = info.base_url is None and info.api_key_env is None
     return OpenAIEmbedder(
-        model=model,
-        dimensions=dimensions,
-        api_key=settings.openai_api_key,
-        base_url=settings.openai_base_url,
+        model=info.name,
+        dimensions=info.dimensions,
+        api_key=api_key,
+        base_url=info.base_url or settings.openai_base_url,
         timeout_s=settings.openai_timeout_s,
         retry_attempts=settings.embed_retry_attempts,
         retry_max_wait_s=settings.embed_retry_max_wait_s,
-        limiter=limiter,
+        limiter=limiter if is_process_endpoint else None,
+        key_env=key_env,
     )

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from worker import metrics, partitions, repository, schema
-from worker.config import Settings
+from worker.config import Settings, check_model_settings
 from worker.deps import Deps
 from worker.hnsw import (
     built_kind,
@@ -335,9 +335,24 @@ def migrate(deps: Deps, *, register_default: bool = True) -> None:
 
 
 def register_model(
-    deps: Deps, name: str, dimensions: int, provider: str | None = None, *, build_index: bool = True
+    deps: Deps,
+    name: str,
+    dimensions: int,
+    provider: str | None = None,
+    *,
+    build_index: bool = True,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    batch_max: int | None = None,
+    batch_max_tokens: int | None = None,
 ) -> ModelInfo:
     """Add a model to the registry (a row) and build its HNSW index; idempotent.
+
+    The row says how the model is embedded: `provider` (default EMBEDDING_PROVIDER),
+    `base_url`, `api_key_env` (the NAME of the variable holding the key; a value that is not
+    a variable name is refused with ConfigError) and per-request limits `batch_max` /
+    `batch_max_tokens`; each None means the process's setting, read when the model is
+    embedded. For a model already registered, any of these four given must match its row.
 
     build_index=False registers a new model in backfill mode: vectors are written with no
     index to maintain per insert, searches of it are refused, and the index is built once
@@ -345,17 +360,42 @@ def register_model(
     A model too wide for any HNSW index (> 4000 dimensions) is refused before it is added.
     """
     index_kind(dimensions, deps.settings.hnsw_index_type)  # raises ValueError if impossible
+    provider = provider or deps.settings.embedding_provider
+    own = {
+        "base_url": base_url,
+        "api_key_env": api_key_env,
+        "batch_max": batch_max,
+        "batch_max_tokens": batch_max_tokens,
+    }
+    # ConfigError (naming the option, never echoing a key) before anything is written.
+    check_model_settings(
+        provider,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        batch_max=batch_max,
+        batch_max_tokens=batch_max_tokens,
+    )
     with deps.engine.begin() as conn:
         info = repository.insert_model(
             conn,
             name,
             dimensions,
-            provider or deps.settings.embedding_provider,
+            provider,
             is_indexed=build_index,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            batch_max=batch_max,
+            batch_max_tokens=batch_max_tokens,
         )
     if info.dimensions != dimensions:
         raise ValueError(
             f"model {name!r} is registered with {info.dimensions} dimensions, not {dimensions}"
+        )
+    differ = [k for k, v in own.items() if v is not None and getattr(info, k) != v]
+    if differ:
+        raise ValueError(
+            f"model {name!r} is registered with another {', '.join(differ)}; registering "
+            "does not change a row (edit its embedding_models row, then restart the workers)"
         )
     if build_index and info.is_indexed:
         ensure_model_index(deps.engine, info, deps.settings)

@@ -39,12 +39,31 @@ embedding_models = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("dimensions", Integer, nullable=False),
+    # openai (any OpenAI-compatible API) or local; with the columns added by 0006 below it
+    # decides how the model is embedded.
     Column("provider", Text, nullable=False, server_default="openai"),
     # Backfill mode: while false, the model's HNSW index is not maintained per insert and
     # searches of this model are refused rather than served from a half-built index.
     Column("is_indexed", Boolean, nullable=False, server_default=text("true")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Null means the process's setting: OPENAI_BASE_URL, OPENAI_API_KEY, EMBED_BATCH_MAX,
+    # EMBED_BATCH_MAX_TOKENS. api_key_env is the NAME of the key's variable, never the key.
+    Column("base_url", Text, nullable=True),
+    Column("api_key_env", Text, nullable=True),
+    Column("batch_max", Integer, nullable=True),
+    Column("batch_max_tokens", Integer, nullable=True),
     CheckConstraint("dimensions BETWEEN 1 AND 16000", name="embedding_models_dimensions_check"),
+    CheckConstraint("provider IN ('openai', 'local')", name="embedding_models_provider_check"),
+    CheckConstraint("base_url ~ '^https?://'", name="embedding_models_base_url_check"),
+    CheckConstraint(
+        "api_key_env ~ '^[A-Z_][A-Z0-9_]*$'", name="embedding_models_api_key_env_check"
+    ),
+    CheckConstraint(
+        "provider <> 'local' OR (base_url IS NULL AND api_key_env IS NULL)",
+        name="embedding_models_local_check",
+    ),
+    CheckConstraint("batch_max BETWEEN 1 AND 2048", name="embedding_models_batch_max_check"),
+    CheckConstraint("batch_max_tokens >= 1", name="embedding_models_batch_max_tokens_check"),
 )
 
 articles = Table(

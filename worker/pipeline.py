@@ -381,7 +381,12 @@ def _embed_work(
     settings = deps.settings
     # Exact counts only where they decided truncation; estimates elsewhere (text.py).
     bounds = [w.prepared.token_estimate for w in work]
-    plan = plan_batches(bounds, settings.embed_batch_max, settings.embed_batch_max_tokens)
+    # A model's own request limits (its row) can only lower the process's.
+    max_items = min(settings.embed_batch_max, info.batch_max or settings.embed_batch_max)
+    max_tokens = min(
+        settings.embed_batch_max_tokens, info.batch_max_tokens or settings.embed_batch_max_tokens
+    )
+    plan = plan_batches(bounds, max_items, max_tokens)
     batches = [[work[i] for i in part] for part in plan]
     outcomes = _call_batches(deps, info, batches, [[bounds[i] for i in part] for part in plan])
     rows: list[EmbeddingRow] = []
@@ -391,9 +396,9 @@ def _embed_work(
         ids = tuple(w.article.id for w in batch)
         if isinstance(outcome, AuthenticationFailed):
             if not stop:
-                logger.error(
-                    "embedding API refused the credentials for model %s: %s", info.name, outcome
-                )
+                # A refused key or a key variable that is not set (MissingKeyEmbedder): the
+                # message says which variable to fix.
+                logger.error("no usable credentials for model %s: %s", info.name, outcome)
             stop = True
             releases.append(
                 _release(info, ids, outcome, settings.embed_auth_backoff_s, count_attempt=False)

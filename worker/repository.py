@@ -22,10 +22,21 @@ INTAKE_CHUNK = 10_000
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """A row of embedding_models: the model and how it is embedded.
+
+    A None setting means the process's own (OPENAI_BASE_URL, OPENAI_API_KEY,
+    EMBED_BATCH_MAX, EMBED_BATCH_MAX_TOKENS). `api_key_env` names the variable holding the
+    key; the key itself is never stored.
+    """
+
     name: str
     dimensions: int
     provider: str
     is_indexed: bool
+    base_url: str | None = None
+    api_key_env: str | None = None
+    batch_max: int | None = None
+    batch_max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,9 +72,14 @@ class EmbeddingRow:
     is_new: bool = False  # no stored vector when the article was loaded: COPY, not upsert
 
 
+_MODEL_COLUMNS = (
+    "name, dimensions, provider, is_indexed, base_url, api_key_env, batch_max, batch_max_tokens"
+)
+
+
 def get_model(conn: Connection, name: str) -> ModelInfo:
     row = conn.execute(
-        text("SELECT name, dimensions, provider, is_indexed FROM embedding_models WHERE name = :n"),
+        text(f"SELECT {_MODEL_COLUMNS} FROM embedding_models WHERE name = :n"),
         {"n": name},
     ).one_or_none()
     if row is None:
@@ -74,22 +90,39 @@ def get_model(conn: Connection, name: str) -> ModelInfo:
 
 
 def list_models(conn: Connection) -> list[ModelInfo]:
-    rows = conn.execute(
-        text("SELECT name, dimensions, provider, is_indexed FROM embedding_models ORDER BY name")
-    )
+    rows = conn.execute(text(f"SELECT {_MODEL_COLUMNS} FROM embedding_models ORDER BY name"))
     return [ModelInfo(*r) for r in rows]
 
 
 def insert_model(
-    conn: Connection, name: str, dimensions: int, provider: str, *, is_indexed: bool = True
+    conn: Connection,
+    name: str,
+    dimensions: int,
+    provider: str,
+    *,
+    is_indexed: bool = True,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    batch_max: int | None = None,
+    batch_max_tokens: int | None = None,
 ) -> ModelInfo:
-    """Register a model, or return the existing row unchanged."""
+    """Register a model with its provider settings, or return the existing row unchanged."""
     conn.execute(
         text(
-            "INSERT INTO embedding_models (name, dimensions, provider, is_indexed) "
-            "VALUES (:n, :d, :p, :i) ON CONFLICT (name) DO NOTHING"
+            "INSERT INTO embedding_models (name, dimensions, provider, is_indexed, base_url, "
+            "api_key_env, batch_max, batch_max_tokens) "
+            "VALUES (:n, :d, :p, :i, :u, :k, :bm, :bt) ON CONFLICT (name) DO NOTHING"
         ),
-        {"n": name, "d": dimensions, "p": provider, "i": is_indexed},
+        {
+            "n": name,
+            "d": dimensions,
+            "p": provider,
+            "i": is_indexed,
+            "u": base_url,
+            "k": api_key_env,
+            "bm": batch_max,
+            "bt": batch_max_tokens,
+        },
     )
     return get_model(conn, name)
 

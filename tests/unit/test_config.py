@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from worker.config import DEFAULT_DATABASE_URL, ConfigError, Settings, redact_url
+from worker.config import (
+    DEFAULT_DATABASE_URL,
+    ConfigError,
+    Settings,
+    check_env_name,
+    check_model_settings,
+    redact_url,
+    secret_from_env,
+)
 
 SECRET = "sk-live-TOPSECRET-0123456789"
 DB_PASSWORD = "pg-PASSWORD-s3cr3t"
@@ -207,3 +215,61 @@ def test_to_env_round_trips_through_from_env():
         embed_retry_max_wait_s=0.5,
     )
     assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_secret_from_env_reads_the_named_variable_of_a_mapping():
+    environ = {"MODEL_B_KEY": f"  {SECRET}\n", "BLANK": "   "}
+    assert secret_from_env("MODEL_B_KEY", environ) == SECRET
+    assert secret_from_env("BLANK", environ) is None
+    assert secret_from_env("MISSING", environ) is None
+
+
+def test_secret_from_env_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("EMBEDDER_TEST_MODEL_KEY", SECRET)  # restored by monkeypatch
+    assert secret_from_env("EMBEDDER_TEST_MODEL_KEY") == SECRET
+    monkeypatch.delenv("EMBEDDER_TEST_MODEL_KEY")
+    assert secret_from_env("EMBEDDER_TEST_MODEL_KEY") is None
+
+
+@pytest.mark.parametrize("name", ["OPENAI_API_KEY", "MODEL_B_KEY", "_K", "K2"])
+def test_env_names_are_accepted(name):
+    assert check_env_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "value", [SECRET, "sk-proj-abc", "openai_api_key", "2KEY", "KEY-B", "A B", "KEY=1", ""]
+)
+def test_anything_but_an_env_name_is_refused_without_being_echoed(value):
+    with pytest.raises(ConfigError) as info:
+        check_env_name(value)
+    message = str(info.value)
+    assert "--api-key-env must be the name of an environment variable" in message
+    assert not value or value not in message
+    assert ("looks like an API key" in message) == value.startswith("sk-")
+
+
+def test_model_settings_are_checked_together():
+    with pytest.raises(ConfigError) as info:
+        check_model_settings(
+            "local",
+            base_url="ftp://host",
+            api_key_env=SECRET,
+            batch_max=4096,
+            batch_max_tokens=0,
+        )
+    message = str(info.value)
+    assert SECRET not in message
+    for problem in (
+        "--api-key-env must be the name",
+        "--base-url must be an http:// or https:// URL",
+        "apply to provider openai only",
+        "--batch-max must be between 1 and 2048",
+        "--batch-max-tokens must be at least 1",
+    ):
+        assert problem in message
+    with pytest.raises(ConfigError, match="--provider must be one of openai, local"):
+        check_model_settings("cohere")
+    check_model_settings("local", batch_max=8)
+    check_model_settings(
+        "openai", base_url="https://api.example/v1", api_key_env="KEY", batch_max_tokens=1
+    )
