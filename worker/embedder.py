@@ -81,6 +81,7 @@ class LocalEmbedder:
         from worker.local_embedding import embed_texts
 
         self.stats.requests += 1
+        metrics.REQUESTS.labels(model=self.model).inc()
         self.stats.tokens += token_count
         return embed_texts(texts, self.dimensions)
 
@@ -166,6 +167,7 @@ class OpenAIEmbedder:
             extra["dimensions"] = self.dimensions
         started = time.perf_counter()
         self.stats.requests += 1
+        metrics.REQUESTS.labels(model=self.model).inc()
         try:
             raw = self._client.embeddings.with_raw_response.create(
                 model=self.model, input=texts, encoding_format="base64", **extra
