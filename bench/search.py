@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import statistics
 import sys
 import time
@@ -96,21 +97,21 @@ def kind_index_name(kind: str) -> str:
     return base if kind == hnsw.index_kind(1536) else base.replace("_hnsw_", f"_hnsw_{kind}_")
 
 
-_searching_kind = hnsw.index_kind(1536)
-
-
 @contextlib.contextmanager
 def searching(kind: str) -> Any:
-    """Make worker.search use the `kind` expression (both indexes coexist in the bench)."""
-    global _searching_kind
+    """Make worker.search use the `kind` expression (both indexes coexist in the bench).
+
+    search_vector casts to the kind of the model's built index (BUILT_DEFINITION_SQL finds
+    it by its production name); the bench's second index has a suffixed name, so the kind
+    is forced here instead.
+    """
     namespace = vars(worker.search)
-    original, previous = namespace["kind_of_definition"], _searching_kind
+    original = namespace["kind_of_definition"]
     namespace["kind_of_definition"] = lambda _definition: kind
-    _searching_kind = kind
     try:
         yield
     finally:
-        namespace["kind_of_definition"], _searching_kind = original, previous
+        namespace["kind_of_definition"] = original
 
 
 def clustered(
@@ -252,16 +253,18 @@ def insert_rate(
     return rates
 
 
-def diagnose(deps: Deps, info: ModelInfo, queries: np.ndarray, ef: int) -> dict[str, float]:
+def diagnose(
+    deps: Deps, info: ModelInfo, queries: np.ndarray, ef: int, kind: str
+) -> dict[str, float]:
     """Where one search's time goes: median client latency of search_vector, of the bare
     index-scan subquery on a session with the settings already set, and the server's own
-    planning/execution time and buffer hits/reads (EXPLAIN ANALYZE BUFFERS)."""
-    sql = worker.search.search_sql(info, has_since=False, kind=_searching_kind)
-    expr, _ = hnsw.index_expression(info, _searching_kind)
-    kind = expr[len("(embedding::") : -1]
+    planning/execution time and buffer hits/reads (EXPLAIN ANALYZE BUFFERS), searching the
+    `kind` index (call it inside `searching(kind)`)."""
+    sql = worker.search.search_sql(info, has_since=False, kind=kind)
+    cast = hnsw.index_cast(info, kind)  # e.g. halfvec(1536): the indexed expression's type
     bare = (
         f"SELECT article_id FROM article_embeddings WHERE model = %s "
-        f"ORDER BY (embedding::{kind}) <=> %s::vector::{kind} LIMIT 5"
+        f"ORDER BY (embedding::{cast}) <=> %s::vector::{cast} LIMIT 5"
     )
     client, naked, planning, execution, hit, read = [], [], [], [], [], []
     one_statement, five_statements = [], []
@@ -318,8 +321,10 @@ def diagnose(deps: Deps, info: ModelInfo, queries: np.ndarray, ef: int) -> dict[
     }
 
 
-def plan_of(deps: Deps, info: ModelInfo, query: np.ndarray, since: datetime | None) -> str:
-    """The plan's first scan node on article_embeddings, for the table's last column."""
+def plan_of(
+    deps: Deps, info: ModelInfo, query: np.ndarray, since: datetime | None, kind: str
+) -> str:
+    """The plan's first scan node on article_embeddings when searching the `kind` index."""
     with deps.engine.begin() as conn:
         apply_search_settings(conn, deps.settings.hnsw_ef_search, filtered=since is not None)
         params: dict[str, Any] = {"q": query, "model": info.name, "k": 5, "fetch": 5}
@@ -328,7 +333,8 @@ def plan_of(deps: Deps, info: ModelInfo, query: np.ndarray, since: datetime | No
         lines = [
             r[0]
             for r in conn.execute(
-                text("EXPLAIN " + search_sql(info, has_since=since is not None)), params
+                text("EXPLAIN " + search_sql(info, has_since=since is not None, kind=kind)),
+                params,
             )
         ]
     for line in lines:
@@ -515,14 +521,14 @@ def run_bench(server: LocalPostgres, args: argparse.Namespace) -> int:
                             percentile(lat, 95),
                             percentile(lat, 99),
                             recall,
-                            plan_of(run_deps, info, queries[0], filt),
+                            plan_of(run_deps, info, queries[0], filt, kind),
                             f"{before:.2f} -> {loadavg():.2f}",
                         )
                         rows.append(row)
                         print(_line(row), flush=True)
                 if args.diagnose:
                     ef = 100
-                    diagnosis[kind] = diagnose(deps, info, queries[:100], ef)
+                    diagnosis[kind] = diagnose(deps, info, queries[:100], ef, kind)
                     print(f"diagnosis {kind} ef_search {ef}: {diagnosis[kind]}", flush=True)
     deps.close()
     if args.inserts:
@@ -580,5 +586,10 @@ def render(rows: list[Row]) -> str:
     return "\n".join([head, *(_line(r) for r in rows)])
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # run the finally blocks: stop the server
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
