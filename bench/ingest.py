@@ -9,7 +9,7 @@ One command, one process tree, one run (docs/benchmarks.md, "## Ingest"):
   several languages, ~4.5 KB) loaded with COPY;
 - the local OpenAI-compatible server (tests/fakes/openai_server.py) as a separate process
   with the configured latency; its own ceiling is measured first (0 ms, 64-input requests,
-  2 client threads);
+  2 client threads); API requests and inputs per request are what it received;
 - (a) a real Celery worker (`celery -A tasks.app worker -Q embeddings -c C`) fed by
   worker.client.enqueue, timed from the first message published to the last vector
   committed (count polled every 0.2 s);
@@ -65,9 +65,8 @@ from devstack.services import (  # noqa: E402
     free_port,
     local_build_workers,
     redis_answers,
-    stop_process,
 )
-from tests.fakes.openai_server import fake_vector  # noqa: E402
+from tests.fakes.openai_server import FakeOpenAI, fake_vector  # noqa: E402
 from tests.workers import celery_worker_argv  # noqa: E402
 from worker import hnsw, maintenance  # noqa: E402
 from worker import text as textmod  # noqa: E402
@@ -81,7 +80,6 @@ DB = "bench_ingest"
 MODEL = "text-embedding-3-small"
 BACKFILL_MODEL = "text-embedding-3-small-backfill"
 DIMS = 1536
-STATS_KEY = "embedder:stats"  # tasks.app.STATS_KEY (not imported: that module builds an app)
 WORKER_APP_PREFIX = "embedder-worker"
 POLL_S = 0.2
 STALL_S = 180.0  # no new vector for this long: the run is broken, stop it
@@ -128,10 +126,10 @@ class Result:
     concurrency: int = 0
     batch_max: int = 0
     rep: int = 0  # which repetition (--repeat): (a) is compared with the (b) of the same one
-    requests: int = 0
-    batches: int = 0
+    requests: int = 0  # POST /v1/embeddings the fake API received during the phase
+    inputs: int = 0  # inputs in those requests
     failed: int = 0
-    mean_batch: float = 0.0
+    mean_batch: float = 0.0  # inputs per request
     index_build_s: float = 0.0
     usage: Usage | None = None
     note: str = ""
@@ -255,49 +253,66 @@ def start_redis(args: argparse.Namespace) -> tuple[str, LocalRedis | None]:
 
 
 class FakeServer:
-    """tests/fakes/openai_server.py in its own process (it must not share our GIL)."""
+    """tests/fakes/openai_server.py's FakeOpenAI in its own process (it must not share our
+    GIL), asked over a pipe how many requests it has received."""
 
     def __init__(self, latency_ms: float, log: Path) -> None:
-        self.port = free_port()
         self.log = log
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.fakes.openai_server",
-                "--port",
-                str(self.port),
-                "--latency-ms",
-                str(latency_ms),
-                "--dimensions",
-                str(DIMS),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("ab"),
+        spawn = mp.get_context("spawn")
+        self._conn, child = spawn.Pipe()
+        self.proc = spawn.Process(
+            target=_serve_fake, args=(latency_ms, str(log), child), name="bench-fake-api"
         )
-        deadline = time.monotonic() + 30
-        while True:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-            try:
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            finally:
-                conn.close()
-            if time.monotonic() > deadline or self.proc.poll() is not None:
+        self.proc.start()
+        child.close()
+        try:
+            if not self._conn.poll(60):
                 raise RuntimeError(f"the fake OpenAI server did not start (see {log})")
-            time.sleep(0.05)
+            self.port: int = self._conn.recv()
+        except (EOFError, OSError, RuntimeError):
+            self.stop()
+            raise RuntimeError(f"the fake OpenAI server did not start (see {log})") from None
+        assert self.proc.pid is not None
         self.process = psutil.Process(self.proc.pid)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    def counts(self) -> tuple[int, int]:
+        """(POST /v1/embeddings requests, inputs in them) received so far, whatever the answer."""
+        self._conn.send("counts")
+        requests, inputs = self._conn.recv()
+        return int(requests), int(inputs)
+
     def stop(self) -> None:
-        stop_process(self.proc)
+        if self.proc.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send("stop")
+            self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+        self._conn.close()
+
+
+def _serve_fake(latency_ms: float, log: str, conn: Any) -> None:
+    """The fake server's process: serve until told to stop (or the bench is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the bench stops us in its finally
+    with (
+        open(log, "a", buffering=1) as errors,
+        contextlib.redirect_stderr(errors),  # the server's tracebacks, if any
+        FakeOpenAI(dimensions=DIMS, latency_s=latency_ms / 1000) as fake,
+    ):
+        conn.send(fake.port)
+        while True:
+            try:
+                command = conn.recv()
+            except EOFError:  # the bench exited without stopping us
+                break
+            if command == "stop":
+                break
+            conn.send((fake.request_count, fake.input_count))
 
 
 def fake_ceiling(texts: Sequence[str], log: Path, seconds: float = 3.0) -> float:
@@ -515,6 +530,7 @@ def run_worker(
         },
         "worker",
     )
+    before = ctx.fake.counts()
     try:
         monitor.start()
         with psycopg.connect(ctx.dsn, autocommit=True, application_name="bench-poll") as conn:
@@ -533,11 +549,11 @@ def run_worker(
                     )
             elapsed = time.monotonic() - started
         usage = monitor.stop()
-        stats = _wait_for_stats(ctx.redis, len(ctx.ids))
     finally:
         worker.stop()
         monitor.stop()
-    batches, requests = stats.get("batches", 0), stats.get("requests", 0)
+    # Counted once the worker has exited: every request it sent has been received.
+    requests, inputs = _since(ctx.fake, before)
     return Result(
         label=label,
         articles=done,
@@ -546,24 +562,17 @@ def run_worker(
         concurrency=concurrency,
         batch_max=batch_max,
         requests=requests,
-        batches=batches,
+        inputs=inputs,
         failed=failed,
-        mean_batch=stats.get("embedded", 0) / batches if batches else 0.0,
+        mean_batch=inputs / requests if requests else 0.0,
         usage=usage,
     )
 
 
-def _wait_for_stats(client: redis.Redis[bytes], expected: int) -> dict[str, int]:
-    """The worker's running totals, once every drain that claimed work has reported."""
-    deadline = time.monotonic() + 15
-    stats: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        raw = client.hgetall(STATS_KEY)
-        stats = {k.decode(): int(v) for k, v in raw.items()}
-        if stats.get("claimed", 0) >= expected:
-            break
-        time.sleep(POLL_S)
-    return stats
+def _since(fake: FakeServer, before: tuple[int, int]) -> tuple[int, int]:
+    """(requests, inputs) the fake API received since it reported `before`."""
+    requests, inputs = fake.counts()
+    return requests - before[0], inputs - before[1]
 
 
 # -- (b) raw binary COPY ---------------------------------------------------------------------
@@ -654,6 +663,7 @@ def run_naive(ctx: Context, count: int) -> Result:
     """One request and one transaction per article, in process (no batching, no pipelining)."""
     ids = ctx.ids[:count]
     client = openai.OpenAI(api_key="x", base_url=ctx.fake.url, max_retries=0, timeout=30)
+    before = ctx.fake.counts()
     with psycopg.connect(ctx.dsn, application_name="bench-naive") as conn:
         register_vector(conn)
         started = time.monotonic()
@@ -683,6 +693,7 @@ def run_naive(ctx: Context, count: int) -> Result:
             conn.commit()
         elapsed = time.monotonic() - started
     client.close()
+    requests, inputs = _since(ctx.fake, before)
     return Result(
         label=f"(c) naive loop ({count} articles measured, extrapolated)",
         articles=count,
@@ -691,9 +702,9 @@ def run_naive(ctx: Context, count: int) -> Result:
         extrapolated=True,
         concurrency=1,
         batch_max=1,
-        requests=count,
-        batches=count,
-        mean_batch=1.0,
+        requests=requests,
+        inputs=inputs,
+        mean_batch=inputs / requests if requests else 0.0,
     )
 
 
