@@ -7,12 +7,27 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from worker import logs
 
 logger = logging.getLogger("embedder")
+
+
+class UsageError(Exception):
+    """A command line that cannot work as given: one line, exit code 2 (as --help promises)."""
+
+
+def _iso_date(value: str) -> datetime:
+    """--since: an ISO date or date-time (2026-11-30, 2026-11-30T08:00+09:00); UTC if no zone."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO date such as 2026-11-30 or 2026-11-30T08:00, not {value[:40]!r}"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _deps(application_name: str = "embedder-cli") -> Any:
@@ -91,7 +106,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
     ids = _read_ids(args.ids, args.stdin)
     if not ids:
-        raise SystemExit("embedder: error: no article ids given")
+        raise UsageError("no article ids given: enqueue ID... or --stdin")
     task_ids = enqueue(ids, args.model, chunk_size=args.chunk)
     print(f"enqueued {len(ids)} ids in {len(task_ids)} messages")
     return 0
@@ -165,23 +180,65 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         result = maintenance.ensure_partitions(deps, args.months)
     else:
         result = maintenance.rebuild_hnsw(deps, force=not args.if_needed, model=args.model)
-    print(json.dumps(result.as_dict(), default=str))
+    print(json.dumps(result.as_dict(), default=str) if args.json else _render_maintenance(result))
     return 1 if result.is_locked_out else 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from worker.search import search_like, search_text
+def _render_maintenance(result: Any) -> str:
+    """A maintenance result for people: what was done, then how long it took."""
+    lines = []
+    if result.is_locked_out:
+        lines.append(f"{result.job}: another maintenance run holds the lock; nothing done")
+    for label, names in (
+        ("created", result.created),
+        ("rebuilt", result.rebuilt),
+        ("dropped invalid", result.dropped_invalid),
+        ("dropped (retention)", result.dropped),
+    ):
+        for name in names:
+            seconds = result.durations.get(name)
+            lines.append(f"{label} {name}" + (f" in {seconds:.1f}s" if seconds else ""))
+    for model, ratio in sorted(result.churn.items()):
+        lines.append(f"churn of {model} since its last build: {ratio:.1%}")
+    if len(lines) == (1 if result.is_locked_out else 0):
+        lines.append(f"{result.job}: nothing to do")
+    lines.append(f"done in {result.seconds:.1f}s")
+    return "\n".join(lines)
 
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from worker.search import format_hits, search_like, search_text
+
+    if args.like is None and not args.text:
+        raise UsageError("give TEXT to search for, or --like ARTICLE_ID")
+    if args.like is not None and args.text:
+        raise UsageError("give TEXT or --like ARTICLE_ID, not both")
+    if args.k < 1:
+        raise UsageError("-k must be at least 1")
     deps = _deps()
-    since = datetime.fromisoformat(args.since) if args.since else None
     if args.like is not None:
-        hits = search_like(deps, args.like, model=args.model, k=args.k, since=since)
-    elif args.text:
-        hits = search_text(deps, " ".join(args.text), model=args.model, k=args.k, since=since)
+        hits = search_like(deps, args.like, model=args.model, k=args.k, since=args.since)
     else:
-        raise SystemExit("embedder: error: give TEXT or --like ID")
-    for hit in hits:
-        print(f"{hit.distance:.4f}\t{hit.article_id}\t{hit.published_at:%Y-%m-%d}\t{hit.title}")
+        hits = search_text(deps, " ".join(args.text), model=args.model, k=args.k, since=args.since)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "article_id": h.article_id,
+                        "published_at": h.published_at.isoformat(),
+                        "title": h.title,
+                        "similarity": round(1.0 - h.distance, 6),
+                        "cosine_distance": round(h.distance, 6),
+                    }
+                    for h in hits
+                ],
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        print("\n".join(format_hits(hits)))
     return 0
 
 
@@ -312,38 +369,82 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-index", action="store_true", help="add: backfill first, build the index later"
     )
     sp = add("enqueue", cmd_enqueue, "publish embed_articles messages for these ids")
-    sp.add_argument("ids", nargs="*")
+    sp.add_argument("ids", nargs="*", metavar="ID", help="article ids (plain decimal digits)")
     sp.add_argument("--stdin", action="store_true", help="also read ids from standard input")
-    sp.add_argument("--model")
-    sp.add_argument("--chunk", type=int, default=1000)
+    sp.add_argument("--model", help="embed with this registered model (default EMBEDDING_MODEL)")
+    sp.add_argument(
+        "--chunk", type=int, default=1000, metavar="N", help="ids per message (default 1000)"
+    )
     sp = add("backfill", cmd_backfill, "enqueue every article lacking a vector for a model")
-    sp.add_argument("--model")
-    sp.add_argument("--chunk", type=int, default=1000)
-    sp.add_argument("--quiet", action="store_true")
+    sp.add_argument("--model", help="the registered model to fill (default EMBEDDING_MODEL)")
+    sp.add_argument(
+        "--chunk", type=int, default=1000, metavar="N", help="ids per message (default 1000)"
+    )
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp = add("status", cmd_status, "backlog, failures, pool, partitions, index health")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="one JSON document, for machines")
     sp = add("retry-failed", cmd_retry_failed, "re-drive failed items")
-    sp.add_argument("--model")
-    sp.add_argument("--reason")
-    sp.add_argument("--include-skipped", action="store_true")
+    sp.add_argument("--model", help="only this model's failures (default: every model)")
+    sp.add_argument("--reason", help="only failures with this reason, e.g. not_found")
+    sp.add_argument(
+        "--include-skipped", action="store_true", help="also skipped items (e.g. empty_text)"
+    )
     sp = add("maintain", cmd_maintain, "partitions ahead or HNSW rebuild, now")
-    sp.add_argument("what", choices=["partitions", "hnsw"])
-    sp.add_argument("--months", type=int, default=None)
-    sp.add_argument("--model")
-    sp.add_argument("--if-needed", action="store_true", help="hnsw: only when churn warrants")
-    sp = add("search", cmd_search, "nearest articles to TEXT or to article --like ID")
-    sp.add_argument("text", nargs="*")
-    sp.add_argument("--like", type=int)
-    sp.add_argument("--model")
-    sp.add_argument("-k", type=int, default=5)
-    sp.add_argument("--since", help="ISO date: only articles published since")
+    sp.add_argument(
+        "what",
+        choices=["partitions", "hnsw"],
+        help="partitions: create the coming months' partitions; hnsw: build or rebuild indexes",
+    )
+    sp.add_argument(
+        "--months",
+        type=int,
+        default=None,
+        metavar="N",
+        help="partitions: months ahead (default PARTITIONS_AHEAD)",
+    )
+    sp.add_argument("--model", help="hnsw: only this model's index (default: every model)")
+    sp.add_argument(
+        "--if-needed", action="store_true", help="hnsw: rebuild only when churn warrants it"
+    )
+    sp.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    sp = add(
+        "search",
+        cmd_search,
+        "nearest articles to TEXT or to article --like ID (similarity = 1 - cosine distance)",
+    )
+    sp.add_argument("text", nargs="*", metavar="TEXT", help="what to search for")
+    sp.add_argument(
+        "--like", type=int, metavar="ARTICLE_ID", help="articles similar to this article instead"
+    )
+    sp.add_argument(
+        "--model", help="search this registered model's vectors (default EMBEDDING_MODEL)"
+    )
+    sp.add_argument("-k", type=int, default=5, metavar="N", help="how many results (default 5)")
+    sp.add_argument(
+        "--since",
+        type=_iso_date,
+        metavar="DATE",
+        help="only articles published since this ISO date (2026-11-30 or 2026-11-30T08:00)",
+    )
+    sp.add_argument("--json", action="store_true", help="JSON, with similarity and distance")
     sp = add("diagnose", cmd_diagnose, "schema drift, index and plan checks; exit 1 on a failure")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="one JSON document, for machines")
     add("sweep", cmd_sweep, "requeue stale in-flight items and drain pending work now")
     sp = add("health", cmd_health, "database at head, broker, a live worker, backlog age; exit 0/1")
-    sp.add_argument("--json", action="store_true")
-    sp.add_argument("--max-backlog-age", type=float, default=900.0, metavar="S")
-    sp.add_argument("--skip", action="append", choices=["database", "broker", "worker", "backlog"])
+    sp.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    sp.add_argument(
+        "--max-backlog-age",
+        type=float,
+        default=900.0,
+        metavar="S",
+        help="fail when the oldest pending item is older (default 900 s)",
+    )
+    sp.add_argument(
+        "--skip",
+        action="append",
+        choices=["database", "broker", "worker", "backlog"],
+        help="leave out this check (repeatable)",
+    )
     sp.add_argument(
         "--worker",
         action="append",
@@ -356,10 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="only broker and worker: what an orchestrator should restart on "
         "(not database or backlog, which a restart does not cure)",
     )
-    sp.add_argument("--timeout", type=float, default=2.0, metavar="S")
+    sp.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="per-check network timeout (default 2 s)",
+    )
     sp = add("metrics-server", cmd_metrics_server, "Prometheus exporter for all worker processes")
-    sp.add_argument("--port", type=int, default=9808)
-    sp.add_argument("--address", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=9808, help="port to listen on (default 9808)")
+    sp.add_argument(
+        "--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
     return p
 
 
@@ -378,12 +487,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"embedder: {exc}", file=sys.stderr)
         return 2
+    except UsageError as exc:
+        print(f"embedder {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the one-line reason; tracebacks only with LOG_LEVEL=DEBUG
         logger.debug("command failed", exc_info=True)
-        print(f"embedder: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"embedder: {_unreachable(exc) or 'error: ' + _one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _unreachable(exc: BaseException) -> str | None:
+    """For a database or broker that cannot be reached: which setting, which URL (without
+    its password), and what to check. None for any other error."""
+    import psycopg
+    import redis
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from sqlalchemy import exc as sa_exc
+
+    from worker.config import Settings, redact_url
+
+    settings = Settings.from_env()
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or isinstance(
+        cause, psycopg.OperationalError
+    ):
+        return (
+            f"cannot reach PostgreSQL at {redact_url(settings.database_url)} (DATABASE_URL): "
+            f"{_reason(cause)}. Is the database running and the URL right? "
+            "(`make run` starts a local one.)"
+        )
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | KombuOperationalError):
+        return (
+            f"cannot reach Redis at {redact_url(settings.redis_url)} (REDIS_URL): "
+            f"{_reason(exc)}. Is Redis running and the URL right?"
+        )
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause in a driver's message, without its preamble ("connection to server at …
+    failed: Connection refused" -> "Connection refused")."""
+    from worker.config import redact_url
+
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0].rsplit(": ", 1)[-1].strip().rstrip(".") if lines else type(exc).__name__
+    for word in text.split():
+        if "://" in word:
+            text = text.replace(word, redact_url(word))
+    return text[:200]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -134,8 +134,6 @@ class Settings:
         errors: list[str] = []
         _check_url(errors, "DATABASE_URL", self.database_url, ("postgresql", "postgres"))
         _check_url(errors, "REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
-        if self.embedding_provider == "openai" and not self.openai_api_key:
-            errors.append("OPENAI_API_KEY is required when EMBEDDING_PROVIDER=openai")
         if not 1 <= self.embedding_dimensions <= 16_000:
             errors.append("EMBEDDING_DIMENSIONS must be between 1 and 16000")
         if self.db_pool_size < 1:
@@ -293,6 +291,11 @@ def _check_url(errors: list[str], name: str, url: str, schemes: tuple[str, ...])
         errors.append(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
     elif scheme != "unix" and not parts.hostname and "host=" not in parts.query:
         errors.append(f"{name} has no host")
+    else:
+        try:
+            parts.port  # noqa: B018 - urlsplit parses the port only when asked
+        except ValueError:
+            errors.append(f"{name} has an invalid port (expected a number from 1 to 65535)")
 
 
 def check_env_name(name: str, option: str = "--api-key-env") -> str:

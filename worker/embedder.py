@@ -364,7 +364,10 @@ def build_embedder(
         if info.api_key_env is None
         else secret_from_env(info.api_key_env, env)
     )
-    if not api_key:
+    # A key is needed by OpenAI's own API, and wherever the row names a key variable. An
+    # OpenAI-compatible server at a base URL (Ollama, vLLM, TEI) may need none.
+    base_url = info.base_url or settings.openai_base_url
+    if not api_key and (info.api_key_env is not None or base_url is None):
         logger.error(
             "model %s: API key variable %s is not set; its items wait until it is",
             info.name,
@@ -375,8 +378,8 @@ def build_embedder(
     return OpenAIEmbedder(
         model=info.name,
         dimensions=info.dimensions,
-        api_key=api_key,
-        base_url=info.base_url or settings.openai_base_url,
+        api_key=api_key or None,
+        base_url=base_url,
         timeout_s=settings.openai_timeout_s,
         retry_attempts=settings.embed_retry_attempts,
         retry_max_wait_s=settings.embed_retry_max_wait_s,

@@ -150,10 +150,26 @@ def test_a_missing_key_variable_parks_the_items_and_names_the_variable(
     assert pipeline.drain(deps, "ngram-a").embedded == len(ids)
 
 
-def test_a_missing_default_key_names_openai_api_key(
-    make_deps, make_article, fake_openai, provider_b
+def test_a_compatible_server_that_needs_no_key_is_called_without_one(make_deps, make_article):
+    # Ollama, vLLM, TEI: a base URL and no OPENAI_API_KEY anywhere.
+    deps = make_deps(embedding_provider="local", openai_api_key=None)
+    with FakeOpenAI(dimensions=B_DIMS) as keyless:
+        maintenance.register_model(deps, "hosted-k", B_DIMS, "openai", base_url=keyless.url)
+        ids = [make_article() for _ in range(4)]
+        pipeline.intake(deps, ids, "hosted-k")
+
+        result = pipeline.drain(deps, "hosted-k")
+
+        assert (result.embedded, result.failed, result.released) == (4, 0, 0)
+        assert keyless.request_count >= 1
+    texts = texts_of(deps, ids)
+    for article_id, vector in vectors_of(deps, "hosted-k").items():
+        assert np.allclose(vector, fake_vector(texts[article_id], B_DIMS), atol=1e-6)
+
+
+def test_a_server_that_refuses_the_missing_key_names_openai_api_key(
+    make_deps, make_article, provider_b
 ):
-    # A local process (no OPENAI_API_KEY) serving a hosted model that relies on the default.
     deps = make_deps(embedding_provider="local", openai_api_key=None)
     maintenance.register_model(deps, "hosted-d", B_DIMS, "openai", base_url=provider_b.url)
     ids = [make_article() for _ in range(4)]
@@ -165,7 +181,21 @@ def test_a_missing_default_key_names_openai_api_key(
     errors = fetch(deps, "SELECT DISTINCT reason, last_error FROM embedding_jobs")
     assert len(errors) == 1 and errors[0][0] == "auth_error"
     assert "OPENAI_API_KEY" in errors[0][1]
-    assert provider_b.request_count == 0
+
+
+def test_openais_own_api_without_a_key_is_never_called(make_deps, make_article, fake_openai):
+    deps = make_deps(embedding_provider="openai", openai_api_key=None, openai_base_url=None)
+    maintenance.register_model(deps, "hosted-o", B_DIMS, "openai")
+    ids = [make_article() for _ in range(4)]
+    pipeline.intake(deps, ids, "hosted-o")
+
+    result = pipeline.drain(deps, "hosted-o")
+
+    assert (result.embedded, result.released) == (0, 4)
+    errors = fetch(deps, "SELECT DISTINCT reason, last_error FROM embedding_jobs")
+    assert len(errors) == 1 and errors[0][0] == "auth_error"
+    assert "OPENAI_API_KEY" in errors[0][1] and "is not set" in errors[0][1]
+    assert fake_openai.request_count == 0
 
 
 def test_a_refused_own_key_is_reported_with_the_models_key_variable(

@@ -3,6 +3,7 @@ partition pruning and iterative scans for date-bounded queries, the CLI."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -236,10 +237,17 @@ def test_cli_search_prints_distance_id_date_and_title(
     code = cli.main(["search", "harbour", "-k", "2", "--since", "2000-01-01"])
 
     lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 0 and len(lines) == 2
-    distance, article_id, day, title = lines[0].split("\t")
-    assert (float(distance), int(article_id), title) == (0.0, ids[-1], "vector 10")
+    assert code == 0 and len(lines) == 3
+    # A header says what the number is: similarity (1 - cosine distance), higher is closer.
+    assert lines[0].split() == ["similarity", "article", "published", "title"]
+    similarity, article_id, day, title = lines[1].split(maxsplit=3)
+    assert (float(similarity), int(article_id), title) == (1.0, ids[-1], "vector 10")
     assert day == datetime.now(UTC).strftime("%Y-%m-%d")
+
+    assert cli.main(["search", "harbour", "-k", "2", "--json"]) == 0
+    (first, _) = json.loads(capsys.readouterr().out)
+    assert first["article_id"] == ids[-1]
+    assert first["similarity"] == pytest.approx(1.0) and first["cosine_distance"] == 0.0
 
 
 def test_search_settings_are_one_statement_and_last_only_for_the_transaction(
