@@ -5,7 +5,9 @@ Import layers themselves are checked by `lint-imports` (contracts in pyproject.t
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -96,3 +98,51 @@ def test_the_production_image_copies_no_dev_stack() -> None:
         "tasks",
         "migrations",
     }
+
+
+def test_ci_runs_the_readmes_test_command_and_nothing_else() -> None:
+    """Every install step lives in `make test`, which a new user runs on a fresh machine."""
+    commands = [
+        line.strip()
+        for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert commands == ["set -euo pipefail", 'cd "$(dirname "$0")/.."', "make test"]
+    assert "make test" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_make_test_installs_its_system_packages_first() -> None:
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    (test_rule,) = [line for line in makefile.splitlines() if line.startswith("test:")]
+    assert test_rule.split(":", 1)[1].split()[0] == "system-deps"
+    packages = re.search(r"^SYSTEM_PACKAGES\s*:=\s*(.+)$", makefile, re.MULTILINE)
+    assert packages is not None
+    assert {"pgbouncer", "redis-server"} <= {e.split(":")[-1] for e in packages[1].split()}
+
+
+@pytest.mark.skipif(shutil.which("runuser") is None, reason="needs runuser (util-linux)")
+def test_without_root_a_missing_system_package_stops_make_with_one_line() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("runs the non-root path as `nobody`, which needs root to switch to")
+    done = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            "make",
+            "-s",
+            "-C",
+            str(REPO),
+            "system-deps",
+            "SYSTEM_PACKAGES=embedder-no-such-tool",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == (
+        "make test needs embedder-no-such-tool: install it (Debian/Ubuntu: sudo apt-get "
+        "install embedder-no-such-tool), then run make test again"
+    )
