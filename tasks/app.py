@@ -15,12 +15,13 @@ from types import FrameType
 from typing import Any
 
 import redis
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from celery.schedules import crontab
+from kombu.entity import Exchange, Queue
 
 from tasks.flower_auth import refuse_open_flower
 from worker import deps as deps_mod
-from worker import logs
+from worker import logs, metrics
 from worker.config import ConfigError, Settings
 from worker.deps import Deps, build_deps
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE = "embeddings"
 MAINTENANCE_QUEUE = "maintenance"
+QUEUES = (QUEUE, MAINTENANCE_QUEUE)
 KICK_KEY = "embedder:drain-kick:{model}"
 KICK_TTL_S = 10
 # The task modules, imported by the worker at start (this module never imports them:
@@ -55,8 +57,16 @@ def make_app(settings: Settings) -> Celery:
         result_serializer="json",
         accept_content=["json"],  # never pickle: a pickle message is refused
         task_default_queue=QUEUE,
+        # Both queues declared (as Celery would create them), so Flower's Broker page lists
+        # `maintenance` even before it has inspected a worker that consumes it. Every worker
+        # names its queue with -Q (Procfile, compose): one without -Q would consume both.
+        task_queues=[_queue(name) for name in QUEUES],
         task_routes={"maintenance.*": {"queue": MAINTENANCE_QUEUE}},
         task_acks_late=True,
+        # A task that ends in FAILURE is acked, never redelivered: a drain whose items failed
+        # (tasks/embeddings.py, ItemsFailed) has committed everything, and running it again
+        # would only pick up other work. Only a lost worker's message is redelivered.
+        task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(settings.task_time_limit_s - 30, 1),
@@ -69,13 +79,22 @@ def make_app(settings: Settings) -> Celery:
         worker_concurrency=settings.worker_concurrency,
         worker_max_memory_per_child=settings.worker_max_memory_per_child_kb,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # No `task-sent` events: only tasks Celery itself publishes carry one (beat's
+        # housekeeping every 30 s, drain kicks, retries; producers' messages never do), so in
+        # Flower they mostly listed beat's sweeps as tasks "PENDING" for good. Tasks appear
+        # when a worker receives them; queue depth is on Flower's Broker page.
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         beat_schedule=beat_schedule(),
         timezone="UTC",
     )
     return app
+
+
+def _queue(name: str) -> Queue:
+    """The queue Celery would create for `name`: a direct exchange of the same name."""
+    return Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
@@ -147,6 +166,10 @@ def _build() -> Deps:
     built = build_deps(settings, application_name=f"embedder-worker:{os.getpid()}")
     built.kick_drain = kick_drain
     built.limiter = build_limiter(settings, redis_client)
+    # The series alerts read exist from the start, at 0 (docs/operations.md, "Alerts and
+    # dashboard").
+    metrics.init_model(settings.embedding_model)
+    metrics.init_tasks(name for name in app.tasks if not name.startswith("celery."))
     return built
 
 
@@ -206,9 +229,13 @@ def _task_started(**_: object) -> None:
 
 
 @signals.task_postrun.connect
-def _task_finished(**_: object) -> None:
+def _task_finished(task: Task | None = None, state: str | None = None, **_: object) -> None:
     global _busy
     _busy = max(_busy - 1, 0)
+    # Every outcome of every task, quiet ones too (embeddings.sweep sends Flower no events):
+    # a failing housekeeping task shows in the metrics and their alerts.
+    if task is not None and state:
+        metrics.TASKS.labels(task=task.name, state=state.lower()).inc()
 
 
 @signals.worker_process_init.connect

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
-from worker import repository
+from worker import metrics, repository
 from worker.config import Settings
 from worker.db import make_engine
 from worker.embedder import Embedder, RateLimiter, build_embedder
@@ -48,6 +48,7 @@ class Deps:
             return cached
         with self.engine.connect() as conn:
             info = repository.get_model(conn, name)
+        metrics.init_model(info.name)  # its series exist from now on, at 0 (alerts' rate())
         with self._lock:
             self._models[name] = info
         return info

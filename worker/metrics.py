@@ -1,11 +1,16 @@
 """Prometheus metrics. With Celery's prefork pool set PROMETHEUS_MULTIPROC_DIR so every child
 writes its samples to shared files; `embedder metrics-server` aggregates them and adds the
-backlog gauges (embedder_backlog_items, embedder_oldest_pending_seconds, embedder_jobs),
-which it reads from PostgreSQL at scrape time (worker/metrics_server.py)."""
+gauges it reads from PostgreSQL at scrape time (backlog, oldest pending item and claim, HNSW
+index state: worker/metrics_server.py).
+
+Alerts need series before the first event: init_model() and init_tasks() create them at 0,
+and the retry reasons are created at import (docs/operations.md, "Alerts and dashboard")."""
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterable
 
 # prometheus_client writes a file per process and metric type into this directory as soon
 # as a metric is created (below): it must exist. The variable itself must already be in the
@@ -60,3 +65,59 @@ MAINTENANCE_SECONDS = Histogram(
     ["job"],
     buckets=(0.1, 1, 5, 30, 60, 300, 900, 3600),
 )
+TASKS = Counter(
+    "embedder_tasks_total",
+    "Celery tasks finished in this worker, by task and final state (success, failure, retry)",
+    ["task", "state"],
+)
+
+# Every reason an item can be recorded `failed` or `skipped` with (embedding_jobs.reason),
+# which is what embedder_failures_total counts. tests/unit/test_metrics.py checks the code
+# records no other.
+ITEM_FAILURE_REASONS = (
+    "not_found",  # pipeline.embed_claim: no such article (unknown or deleted id)
+    "empty_text",  # pipeline.embed_claim: skipped, nothing to embed
+    "invalid_input",  # the provider rejected the input (400/413/422, after bisection)
+    "dimension_mismatch",  # the provider's vectors do not fit the registered dimensions
+    "permanent",  # any other HTTP status the provider will answer the same way again
+    # A transient error on every one of JOB_MAX_ATTEMPTS claims (pipeline.write_claim):
+    "transient",
+    "rate_limited",
+    "provider_unavailable",
+    "bad_response",
+    "lease_expired",  # pipeline.sweep: in flight past JOB_LEASE_S on the last attempt
+)
+# What tenacity retries (TransientError's subclasses), the labels of embedder_api_retries_total.
+RETRY_REASONS = ("transient", "rate_limited", "provider_unavailable", "bad_response")
+TASK_STATES = ("success", "failure", "retry")
+
+_initialised: set[str] = set()
+_init_lock = threading.Lock()
+
+
+def init_model(model: str) -> None:
+    """Create `model`'s series at 0, so rates and alerts see them before the first event.
+
+    Called when a process first uses a model (Deps.model) and for the default model when a
+    worker process starts. In multiprocess mode a child at 0 is written to this process's
+    file like any other value, so the exporter serves the zero series.
+    """
+    with _init_lock:
+        if model in _initialised:
+            return
+        _initialised.add(model)
+    for counter in (ARTICLES_EMBEDDED, ARTICLES_UNCHANGED, BATCHES, REQUESTS, TOKENS):
+        counter.labels(model=model)
+    for reason in ITEM_FAILURE_REASONS:
+        FAILURES.labels(model=model, reason=reason)
+
+
+def init_tasks(names: Iterable[str]) -> None:
+    """Create each task's embedder_tasks_total series at 0 (a worker process at start)."""
+    for name in names:
+        for state in TASK_STATES:
+            TASKS.labels(task=name, state=state)
+
+
+for _reason in RETRY_REASONS:
+    API_RETRIES.labels(reason=_reason)

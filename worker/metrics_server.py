@@ -4,7 +4,8 @@ Celery's prefork children each count in their own process. With PROMETHEUS_MULTI
 set (before prometheus_client is imported, so: in the environment of every worker process,
 from the Procfile or compose) each child writes its samples to files in that directory;
 this exporter aggregates them (MultiProcessCollector) and adds what no worker can know on
-its own, read from PostgreSQL at scrape time: the backlog per model and its oldest age.
+its own, read from PostgreSQL at scrape time: the backlog per model, its oldest age, the
+oldest claim in flight and the state of each model's HNSW index.
 Wipe the directory when the whole worker fleet on the host restarts (docs/operations.md).
 """
 
@@ -17,51 +18,92 @@ from collections.abc import Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from worker import repository
+from worker import hnsw, repository
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9808
 
 
+INDEX_STATES = ("valid", "invalid", "missing")
+
+
 class BacklogCollector:
-    """Per-model backlog gauges, queried from embedding_jobs on every scrape."""
+    """Gauges read from PostgreSQL on every scrape: the backlog per model, the age of its
+    oldest pending item and oldest claim, and the state of its HNSW index."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def collect(self) -> Iterator[Any]:
+    def describe(self) -> Iterator[Any]:
+        """The families collect() yields, without a query (registration must not need one)."""
+        yield from self._families()
+
+    def _families(self) -> tuple[Any, ...]:
         from prometheus_client.core import GaugeMetricFamily
 
-        pending = GaugeMetricFamily(
-            "embedder_backlog_items", "Pending items per model", labels=["model"]
+        return (
+            GaugeMetricFamily(
+                "embedder_backlog_items", "Pending items per model", labels=["model"]
+            ),
+            GaugeMetricFamily(
+                "embedder_oldest_pending_seconds",
+                "Age of the oldest pending item",
+                labels=["model"],
+            ),
+            GaugeMetricFamily(
+                "embedder_oldest_in_flight_seconds",
+                "Age of the oldest claim still in flight (0 when none); above JOB_LEASE_S "
+                "the sweep should have requeued it",
+                labels=["model"],
+            ),
+            GaugeMetricFamily(
+                "embedder_jobs",
+                "Jobs per model and state (pending, in_flight, failed, skipped)",
+                labels=["model", "state"],
+            ),
+            GaugeMetricFamily(
+                "embedder_hnsw_index",
+                "1 for the state of the model's HNSW index: valid, invalid (left by an "
+                "interrupted concurrent build, or one in progress) or missing",
+                labels=["model", "state"],
+            ),
+            GaugeMetricFamily(
+                "embedder_model_indexed",
+                "1 if the model serves searches through its index, 0 in backfill mode "
+                "(is_indexed: its index is built once the backfill is done)",
+                labels=["model"],
+            ),
+            GaugeMetricFamily("embedder_backlog_up", "1 if the backlog query succeeded"),
         )
-        oldest = GaugeMetricFamily(
-            "embedder_oldest_pending_seconds", "Age of the oldest pending item", labels=["model"]
-        )
-        jobs = GaugeMetricFamily(
-            "embedder_jobs",
-            "Jobs per model and state (pending, in_flight, failed, skipped)",
-            labels=["model", "state"],
-        )
-        up = GaugeMetricFamily("embedder_backlog_up", "1 if the backlog query succeeded")
+
+    def collect(self) -> Iterator[Any]:
+        pending, oldest, in_flight, jobs, index, indexed, up = self._families()
         try:
             with self.engine.connect() as conn:
-                models = [m.name for m in repository.list_models(conn)]
-                counts = repository.by_state(repository.job_counts(conn))
+                models = repository.list_models(conn)
+                counts = repository.job_counts(conn)
+                states = {m.name: hnsw.index_state(conn, hnsw.index_name(m.name)) for m in models}
         except Exception as exc:  # a scrape must answer even when the database does not
             logger.warning("backlog query failed: %s", type(exc).__name__)
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
-        for model in sorted(set(models) | {m for m, _ in counts}):
-            count, age = counts.get((model, "pending"), (0, 0.0))
+        by_state = repository.by_state(counts)
+        claims = repository.oldest_claims(counts)
+        for model in sorted({m.name for m in models} | {m for m, _ in by_state}):
+            count, age = by_state.get((model, "pending"), (0, 0.0))
             pending.add_metric([model], count)
             oldest.add_metric([model], age)
+            in_flight.add_metric([model], claims.get(model, 0.0))
             for state in ("pending", "in_flight", "failed", "skipped"):
-                jobs.add_metric([model, state], counts.get((model, state), (0, 0.0))[0])
-        yield from (pending, oldest, jobs, up)
+                jobs.add_metric([model, state], by_state.get((model, state), (0, 0.0))[0])
+        for info in models:
+            for state in INDEX_STATES:
+                index.add_metric([info.name, state], 1 if states[info.name] == state else 0)
+            indexed.add_metric([info.name], 1 if info.is_indexed else 0)
+        yield from (pending, oldest, in_flight, jobs, index, indexed, up)
 
 
 def build_registry(engine: Any) -> Any:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,9 @@ class DrainResult:
     batches: int = 0
     requests: int = 0
     is_stopped: bool = False  # the provider refused our credentials: stop draining
+    # Items this drain recorded failed or skipped, by reason: `failed` and `skipped`, plus
+    # released items whose last attempt it was (counted in `released` too).
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: DrainResult) -> None:
         for name in (
@@ -67,6 +70,8 @@ class DrainResult:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.is_stopped = self.is_stopped or other.is_stopped
+        for reason, count in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
 
 
 def validate_ids(article_ids: Any) -> list[int]:
@@ -346,8 +351,9 @@ def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) 
                 count_attempt=False,
             ),
         ]
+        exhausted: dict[str, int] = {}
         for release in releases:
-            repository.release_jobs(
+            used_up = repository.release_jobs(
                 conn,
                 info.name,
                 claim,
@@ -358,13 +364,19 @@ def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) 
                 max_attempts=settings.job_max_attempts,
                 count_attempt=release.count_attempt,
             )
+            if used_up:
+                exhausted[release.reason] = exhausted.get(release.reason, 0) + used_up
 
     result.embedded = len(vectors)
     result.unchanged = len(embedded.unchanged)
     result.failed = len(embedded.failures)
     result.skipped = len(embedded.skipped)
     result.released = len(embedded.released) + len(changed)
-    _count(info.name, result, embedded.failures, embedded.skipped)
+    for reason, _ in [*embedded.failures.values(), *embedded.skipped.values()]:
+        result.reasons[reason] = result.reasons.get(reason, 0) + 1
+    for reason, count in exhausted.items():
+        result.reasons[reason] = result.reasons.get(reason, 0) + count
+    _count(info.name, result)
     return result
 
 
@@ -473,26 +485,24 @@ def _release(
     )
 
 
-def _count(
-    model: str,
-    result: DrainResult,
-    failures: dict[int, tuple[str, str]],
-    skipped: dict[int, tuple[str, str]],
-) -> None:
+def _count(model: str, result: DrainResult) -> None:
     metrics.ARTICLES_EMBEDDED.labels(model=model).inc(result.embedded)
     metrics.ARTICLES_UNCHANGED.labels(model=model).inc(result.unchanged)
-    for reason, _ in [*failures.values(), *skipped.values()]:
-        metrics.FAILURES.labels(model=model, reason=reason).inc()
+    for reason, count in result.reasons.items():
+        metrics.FAILURES.labels(model=model, reason=reason).inc(count)
 
 
 def sweep(deps: Deps) -> tuple[int, int, list[str]]:
     """Recover from lost messages and dead workers: (requeued, failed, models to drain)."""
     settings = deps.settings
     with deps.engine.begin() as conn:
-        requeued, failed = repository.requeue_stale(
-            conn, settings.job_lease_s, settings.job_max_attempts
-        )
+        stale = repository.requeue_stale(conn, settings.job_lease_s, settings.job_max_attempts)
         models = repository.models_with_ready_work(conn)
+    requeued = sum(r for r, _ in stale.values())
+    failed = sum(f for _, f in stale.values())
+    for model, (_, lost) in stale.items():
+        if lost:
+            metrics.FAILURES.labels(model=model, reason="lease_expired").inc(lost)
     if requeued or failed:
         logger.warning("sweep: %s stale in-flight items requeued, %s failed", requeued, failed)
     return requeued, failed, models

@@ -414,12 +414,15 @@ def release_jobs(
     delay_s: float,
     max_attempts: int,
     count_attempt: bool = True,
-) -> None:
-    """Give claimed jobs back for a later try, or fail them once attempts are used up."""
+) -> int:
+    """Give claimed jobs back for a later try, or fail them once attempts are used up.
+
+    Returns how many were failed (their last attempt).
+    """
     ids = list(article_ids)
     if not ids:
-        return
-    conn.execute(
+        return 0
+    rows = conn.execute(
         text(
             """
             UPDATE embedding_jobs
@@ -428,6 +431,7 @@ def release_jobs(
                 not_before = now() + make_interval(secs => :delay),
                 reason = :reason, last_error = :error, claim_token = NULL, updated_at = now()
             WHERE model = :m AND claim_token = :t AND article_id = ANY(CAST(:ids AS bigint[]))
+            RETURNING state
             """
         ),
         {
@@ -440,13 +444,14 @@ def release_jobs(
             "t": claim.token,
             "ids": ids,
         },
-    )
+    ).all()
+    return sum(1 for r in rows if r[0] == "failed")
 
 
-def requeue_stale(conn: Connection, lease_s: int, max_attempts: int) -> tuple[int, int]:
+def requeue_stale(conn: Connection, lease_s: int, max_attempts: int) -> dict[str, tuple[int, int]]:
     """Jobs in flight past their lease (their worker died): back to pending, or failed.
 
-    Returns (requeued, failed).
+    Returns (requeued, failed) per model, for the models that had any.
     """
     rows = conn.execute(
         text(
@@ -457,13 +462,16 @@ def requeue_stale(conn: Connection, lease_s: int, max_attempts: int) -> tuple[in
                 last_error = 'worker did not finish within JOB_LEASE_S (killed or stuck)',
                 claim_token = NULL, updated_at = now()
             WHERE state = 'in_flight' AND claimed_at < now() - make_interval(secs => :lease)
-            RETURNING state
+            RETURNING model, state
             """
         ),
         {"max": max_attempts, "lease": lease_s},
     ).all()
-    failed = sum(1 for r in rows if r[0] == "failed")
-    return len(rows) - failed, failed
+    counts: dict[str, tuple[int, int]] = {}
+    for model, state in rows:
+        requeued, failed = counts.get(model, (0, 0))
+        counts[model] = (requeued, failed + 1) if state == "failed" else (requeued + 1, failed)
+    return counts
 
 
 def models_with_ready_work(conn: Connection) -> list[str]:
@@ -554,6 +562,8 @@ class JobCount:
     reason: str | None
     count: int
     oldest_s: float | None  # age of the oldest job's enqueued_at, in seconds
+    # In flight only: age of the oldest claim (claimed_at), in seconds; None otherwise.
+    oldest_claim_s: float | None = None
 
 
 def job_counts(conn: Connection) -> list[JobCount]:
@@ -562,15 +572,33 @@ def job_counts(conn: Connection) -> list[JobCount]:
         text(
             """
             SELECT model, state, reason, count(*),
-                   EXTRACT(EPOCH FROM now() - min(enqueued_at))
+                   EXTRACT(EPOCH FROM now() - min(enqueued_at)),
+                   CASE WHEN state = 'in_flight'
+                        THEN EXTRACT(EPOCH FROM now() - min(claimed_at)) END
             FROM embedding_jobs GROUP BY model, state, reason ORDER BY model, state, reason
             """
         )
     )
     return [
-        JobCount(r[0], r[1], r[2], int(r[3]), float(r[4]) if r[4] is not None else None)
+        JobCount(
+            r[0],
+            r[1],
+            r[2],
+            int(r[3]),
+            float(r[4]) if r[4] is not None else None,
+            float(r[5]) if r[5] is not None else None,
+        )
         for r in rows
     ]
+
+
+def oldest_claims(counts: Iterable[JobCount]) -> dict[str, float]:
+    """model -> age in seconds of its oldest in-flight claim (models with claims only)."""
+    oldest: dict[str, float] = {}
+    for c in counts:
+        if c.state == "in_flight" and c.oldest_claim_s is not None:
+            oldest[c.model] = max(oldest.get(c.model, 0.0), c.oldest_claim_s)
+    return oldest
 
 
 def by_state(counts: Iterable[JobCount]) -> dict[tuple[str, str], tuple[int, float]]:
