@@ -45,12 +45,18 @@ def run_promtool(*args: str, cwd: Path = MONITORING) -> str:
     return done.stdout
 
 
+# Series whose own label clashes with a target label: in Prometheus it is `exported_<label>`.
+CLASHING: set[str] = set()
+
+
 def exported() -> dict[str, set[str]]:
     """Every series name the workers and the exporter serve, with its label names."""
     names: dict[str, set[str]] = {"up": set(TARGET_LABELS)}
 
     def add(name: str, labels: set[str]) -> None:
         renamed = {f"exported_{label}" for label in labels & TARGET_LABELS}
+        if renamed:
+            CLASHING.add(name)
         names[name] = labels | renamed | TARGET_LABELS
 
     for metric in vars(metrics).values():
@@ -90,10 +96,13 @@ def check_expression(expr: str, known: dict[str, set[str]]) -> list[str]:
         for label in MATCHER.findall(matchers or ""):
             if label not in known[name]:
                 problems.append(f"{name} has no label {label!r} (in {expr})")
+    clashing = {name for name, _ in used} & CLASHING
     for group in GROUPING.findall(expr):
         for label in filter(None, (part.strip() for part in group.split(","))):
             if label not in labels_here:
                 problems.append(f"no queried metric has the label {label!r} (in {expr})")
+            if label in TARGET_LABELS and clashing:
+                problems.append(f"{label!r} is the target's here: use exported_{label} ({expr})")
     return problems
 
 
@@ -187,3 +196,8 @@ def test_a_misspelt_metric_or_label_is_caught() -> None:
     assert check_expression('embedder_tasks_total{status="failure"}', known) != []
     assert check_expression("sum by (reason) (embedder_backlog_items)", known) != []
     assert check_expression('sum by (model) (embedder_jobs{state="failed"})', known) == []
+    # embedder_maintenance_seconds{job}: Prometheus keeps the target's job, renames its own.
+    assert check_expression("max by (job) (embedder_maintenance_seconds_count)", known) != []
+    assert (
+        check_expression("max by (exported_job) (embedder_maintenance_seconds_count)", known) == []
+    )
