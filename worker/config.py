@@ -79,9 +79,16 @@ class Settings:
     reconcile_window_hours: int = 72
     reconcile_batch: int = 10_000
 
-    # Shared rate limit across all workers (0 = unlimited).
+    # Shared rate limit per provider endpoint across all workers, learned from the provider's
+    # x-ratelimit-* headers; these per-minute values are used only where it sends none
+    # (0 = no limit unless the provider answers 429).
     rate_limit_rpm: int = 0
     rate_limit_tpm: int = 0
+    # Share of the provider's limits the workers aim at (headroom for other clients' and
+    # clocks' noise), and the longest a batch in hand waits for room before it goes back
+    # to pending (no attempt counted).
+    rate_limit_share: float = 0.98
+    rate_limit_max_wait_s: float = 5.0
 
     # Maintenance
     partitions_ahead: int = 3
@@ -156,6 +163,18 @@ class Settings:
             errors.append("EMBED_AUTH_BACKOFF_S must be 0 or more")
         if self.job_lease_s <= self.embed_drain_budget_s:
             errors.append("JOB_LEASE_S must be greater than EMBED_DRAIN_BUDGET_S")
+        if self.rate_limit_rpm < 0 or self.rate_limit_tpm < 0:
+            errors.append("RATE_LIMIT_RPM and RATE_LIMIT_TPM must be 0 or more")
+        if not 0.5 <= self.rate_limit_share <= 1.0:
+            errors.append("RATE_LIMIT_SHARE must be between 0.5 and 1")
+        # A batch waits for rate budget in hand at most this long: well within its claim's
+        # lease and its drain's budget.
+        longest_wait = min(self.embed_drain_budget_s, self.job_lease_s) / 2
+        if not 0 <= self.rate_limit_max_wait_s <= longest_wait:
+            errors.append(
+                "RATE_LIMIT_MAX_WAIT_S must be between 0 and half of the smaller of "
+                "EMBED_DRAIN_BUDGET_S and JOB_LEASE_S"
+            )
         if self.hnsw_index_type not in ("halfvec", "vector"):
             errors.append("HNSW_INDEX_TYPE must be 'halfvec' or 'vector'")
         if self.log_format not in ("text", "json"):

@@ -20,7 +20,7 @@ import openai
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
 )
@@ -34,6 +34,7 @@ from worker.errors import (
     InvalidInput,
     PermanentError,
     ProviderUnavailable,
+    RateLimitDeferred,
     RateLimited,
     TransientError,
 )
@@ -63,10 +64,30 @@ class Embedder(Protocol):
     def close(self) -> None: ...
 
 
-class RateLimiter(Protocol):
-    def acquire(self, tokens: int) -> None: ...
+class EndpointLimiter(Protocol):
+    """One provider endpoint's shared budget (worker/ratelimit.py, EndpointLimiter)."""
 
-    def observe_headers(self, headers: Any) -> None: ...
+    def acquire(self, tokens: int) -> str:
+        """Reserve a request (waiting ≤ RATE_LIMIT_MAX_WAIT_S) or raise RateLimitDeferred."""
+        ...
+
+    def settle(
+        self,
+        grant: str,
+        *,
+        used_tokens: int | None,
+        headers: Mapping[str, str] | None,
+        rejected: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None: ...
+
+    def ready_in_s(self) -> float: ...
+
+
+class RateLimiter(Protocol):
+    """Every endpoint's limiter (worker/ratelimit.py, RateLimits)."""
+
+    def for_endpoint(self, base_url: str | None, key_env: str) -> EndpointLimiter: ...
 
 
 @dataclass
@@ -102,7 +123,7 @@ class OpenAIEmbedder:
         timeout_s: float = 30.0,
         retry_attempts: int = 6,
         retry_max_wait_s: float = 20.0,
-        limiter: RateLimiter | None = None,
+        limiter: EndpointLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
         key_env: str = "OPENAI_API_KEY",
     ) -> None:
@@ -117,6 +138,7 @@ class OpenAIEmbedder:
             max_retries=0,  # tenacity is the one retry policy
         )
         self._limiter = limiter
+        self.limiter = limiter  # the pipeline asks it for room before claiming
         self._retry_attempts = retry_attempts
         self._wait = wait_random_exponential(multiplier=0.5, max=retry_max_wait_s)
         self._sleep = sleep
@@ -129,7 +151,7 @@ class OpenAIEmbedder:
 
     def embed(self, texts: Sequence[str], token_count: int = 0) -> Vectors:
         retrying = Retrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception(_is_retried),
             stop=stop_after_attempt(self._retry_attempts),
             wait=self._wait_for,
             before_sleep=self._log_retry,
@@ -141,6 +163,10 @@ class OpenAIEmbedder:
     def _wait_for(self, state: RetryCallState) -> float:
         jittered = float(self._wait(state))
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited) and self._limiter is not None:
+            # The shared limiter learned the 429 and its retry-after: the next acquire
+            # waits its staggered turn (or gives the batch back), not every worker at once.
+            return 0.0
         if isinstance(exc, TransientError) and exc.retry_after_s is not None:
             return max(jittered, exc.retry_after_s)
         return jittered
@@ -160,8 +186,8 @@ class OpenAIEmbedder:
         )
 
     def _request(self, texts: list[str], token_count: int) -> Vectors:
-        if self._limiter is not None:
-            self._limiter.acquire(token_count)
+        grant = self._limiter.acquire(token_count) if self._limiter is not None else None
+        settled = False
         extra: dict[str, Any] = {}
         if self._send_dimensions:
             extra["dimensions"] = self.dimensions
@@ -172,14 +198,34 @@ class OpenAIEmbedder:
             raw = self._client.embeddings.with_raw_response.create(
                 model=self.model, input=texts, encoding_format="base64", **extra
             )
-            if self._limiter is not None:
-                self._limiter.observe_headers(raw.headers)
             content = raw.content
         except openai.APIError as exc:
-            raise classify(exc, key_env=self._key_env) from exc
+            error = classify(exc, key_env=self._key_env)
+            if self._limiter is not None and grant is not None:
+                settled = True
+                response = getattr(exc, "response", None)
+                self._limiter.settle(
+                    grant,
+                    used_tokens=None,
+                    headers=getattr(response, "headers", None),
+                    rejected=isinstance(error, RateLimited),
+                    retry_after_s=error.retry_after_s if isinstance(error, RateLimited) else None,
+                )
+            raise error from exc
+        except BaseException:
+            if self._limiter is not None and grant is not None and not settled:
+                self._limiter.settle(grant, used_tokens=None, headers=None)
+            raise
         finally:
             metrics.API_LATENCY.observe(time.perf_counter() - started)
-        embeddings, used = _parse_body(content)
+        used: int | None = None
+        try:
+            embeddings, used = _parse_body(content)
+        finally:
+            if self._limiter is not None and grant is not None:
+                # usage (what the provider counted) refunds or debits the estimate; an
+                # unusable body keeps the estimate charged.
+                self._limiter.settle(grant, used_tokens=used, headers=raw.headers)
         vectors = self._decode(embeddings, len(texts))
         self.stats.tokens += used if used is not None else token_count
         return vectors
@@ -225,6 +271,23 @@ def _as_array(embedding: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
         return np.asarray(embedding, dtype=np.float32)
     except (ValueError, TypeError) as exc:  # bad base64, or not a list of numbers
         raise BadProviderResponse(f"undecodable embedding: {exc}") from exc
+
+
+def rate_wait_s(embedder: Embedder) -> float:
+    """Seconds until the embedder's endpoint has rate budget again (0 when unlimited)."""
+    limiter = embedder.limiter if isinstance(embedder, OpenAIEmbedder) else None
+    if limiter is None:
+        return 0.0
+    try:
+        return float(limiter.ready_in_s())
+    except Exception as exc:  # Redis unreachable: the request itself will say so
+        logger.debug("could not read the rate budget: %s", exc)
+        return 0.0
+
+
+def _is_retried(exc: BaseException) -> bool:
+    # A deferral is not retried in place: the pipeline gives the batch back to pending.
+    return isinstance(exc, TransientError) and not isinstance(exc, RateLimitDeferred)
 
 
 def classify(
@@ -351,8 +414,8 @@ def build_embedder(
     provider `local` is the offline n-gram embedder. provider `openai` calls `base_url`
     (null: OPENAI_BASE_URL) with the key in the variable `api_key_env` (null: the
     OPENAI_API_KEY read at start), looked up in `env` (None: the process environment).
-    The shared rate limiter is the process provider's: only a model that uses the process's
-    endpoint and key is charged to it.
+    The model is charged to the shared rate budget of its endpoint (base URL + key
+    variable): models of one endpoint share a budget, a model with its own has its own.
     """
     if info.provider == "local":
         return LocalEmbedder(model=info.name, dimensions=info.dimensions)
@@ -374,7 +437,6 @@ def build_embedder(
             key_env,
         )
         return MissingKeyEmbedder(model=info.name, dimensions=info.dimensions, key_env=key_env)
-    is_process_endpoint = info.base_url is None and info.api_key_env is None
     return OpenAIEmbedder(
         model=info.name,
         dimensions=info.dimensions,
@@ -383,6 +445,8 @@ def build_embedder(
         timeout_s=settings.openai_timeout_s,
         retry_attempts=settings.embed_retry_attempts,
         retry_max_wait_s=settings.embed_retry_max_wait_s,
-        limiter=limiter if is_process_endpoint else None,
+        # Each endpoint + key variable has its own shared budget (a model with its own
+        # base_url or api_key_env is limited apart from the process's endpoint).
+        limiter=limiter.for_endpoint(base_url, key_env) if limiter is not None else None,
         key_env=key_env,
     )

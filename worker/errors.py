@@ -26,7 +26,19 @@ class PermanentError(IngestError):
 
 
 class RateLimited(TransientError):
+    """The provider answered 429, or the shared budget has no room: never a permanent failure.
+
+    The pipeline gives such a batch back to pending (not_before = retry_after_s) without
+    counting an attempt.
+    """
+
     reason = "rate_limited"
+
+
+class RateLimitDeferred(RateLimited):
+    """The endpoint's shared rate budget (worker/ratelimit.py) has no room within
+    RATE_LIMIT_MAX_WAIT_S: nothing was sent or reserved. Not retried in place: the batch
+    goes back to pending for `retry_after_s`, so no claim or connection waits in a sleep."""
 
 
 class ProviderUnavailable(TransientError):

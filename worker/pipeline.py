@@ -26,12 +26,13 @@ from worker import text as textmod
 from worker.batching import plan_batches
 from worker.db import pool_stats
 from worker.deps import Deps
-from worker.embedder import embed_isolating
+from worker.embedder import embed_isolating, rate_wait_s
 from worker.errors import (
     AuthenticationFailed,
     InvalidInput,
     InvalidPayload,
     PermanentError,
+    RateLimited,
     TransientError,
 )
 from worker.repository import ArticleRow, Claim, EmbeddingRow, ModelInfo
@@ -189,6 +190,8 @@ def _claim(
     """The next claim (after lingering for a full batch when `sleep` is given), or None."""
     if sleep is not None:
         _linger(deps, info, deadline, sleep)
+    if not _await_rate_budget(deps, info, deadline, sleep or time.sleep):
+        return None  # no room before the drain's deadline: claim nothing
     with deps.engine.begin() as conn:
         claim = repository.claim_pending(
             conn, info.name, deps.settings.embed_batch_max, deps.worker_id
@@ -224,6 +227,25 @@ def _hand_back(deps: Deps, info: ModelInfo, claim: Claim, embedding: Future[_Emb
             )
     except Exception as exc:
         logger.warning("could not hand back %s claimed items: %s", len(claim.article_ids), exc)
+
+
+def _await_rate_budget(
+    deps: Deps, info: ModelInfo, deadline: float, sleep: Callable[[float], None]
+) -> bool:
+    """Wait, holding no claim and no connection, until the model's endpoint has rate budget.
+
+    Claiming only when the shared budget has room keeps claims from waiting in hand (and
+    from being given back); False when there is none before the drain's deadline.
+    """
+    embedder = deps.embedder(info)
+    while True:
+        wait_s = rate_wait_s(embedder)
+        if wait_s <= 0:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sleep(min(wait_s, left, 1.0))
 
 
 def _ask_for_help(deps: Deps, model: str) -> None:
@@ -415,6 +437,11 @@ def _embed_work(
             releases.append(
                 _release(info, ids, outcome, settings.embed_auth_backoff_s, count_attempt=False)
             )
+        elif isinstance(outcome, RateLimited):
+            # A rate limit is never a permanent failure: back to pending after the wait the
+            # shared budget (or the provider's retry-after) asks for, no attempt counted.
+            delay = max(outcome.retry_after_s or 0.0, 1.0)
+            releases.append(_release(info, ids, outcome, delay, count_attempt=False))
         elif isinstance(outcome, TransientError):
             releases.append(_release(info, ids, outcome, float(settings.job_retry_delay_s)))
         elif isinstance(outcome, PermanentError):

@@ -5,6 +5,15 @@ deterministic vectors (see ``fake_vector``), records every request, and can inje
 faults: queued error statuses, seeded random 429/500/slow responses, rejected inputs,
 API-key checks and broken responses (short, wrong dimension, malformed, garbled, hanging).
 
+Rate limits like OpenAI's (``rpm``/``tpm``, or ``set_limits`` while it runs): a request
+bucket and a token bucket per server, each full at the limit and refilling continuously
+over ``window_s`` (60 s, as OpenAI's per-minute limits; shorter in tests). A request that
+does not fit is answered 429 with ``retry-after``/``retry-after-ms`` and counts nothing;
+every answer carries ``x-ratelimit-limit/remaining/reset-{requests,tokens}`` (resets as
+OpenAI writes them: ``6m0s``, ``1s``, ``120ms``, ``1m30.5s``) and a 200 its ``usage``.
+``tokenizer="cl100k"`` counts tokens with the offline cl100k_base encoder (bpe-openai), as
+the provider does; the default, ``"bytes"``, is UTF-8 bytes / 4 + 1 per input.
+
     with FakeOpenAI(dimensions=8) as server:
         client = openai.OpenAI(api_key="test", base_url=server.url)
 
@@ -20,6 +29,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import random
 import signal
 import socket
@@ -72,6 +82,7 @@ class RecordedRequest:
     headers: dict[str, str]  # names lower-cased
     status: int
     at: float  # time.time() on arrival
+    tokens: int = 0  # the request's tokens as the server counts them (``tokenizer``)
 
 
 @dataclass
@@ -109,7 +120,7 @@ def _error(
     return _Reply(status, headers or {}, json.dumps({"error": err}).encode())
 
 
-def _parse(raw: bytes) -> _Parsed:
+def _parse(raw: bytes, count: Any = None) -> _Parsed:
     try:
         body = json.loads(raw)
     except ValueError:
@@ -139,7 +150,9 @@ def _parse(raw: bytes) -> _Parsed:
                 p.error = f"'$.input[{i}]' is invalid: expected a non-empty string or tokens."
                 break
             else:
-                p.tokens += len(item.encode("utf-8", "surrogatepass")) // 4 + 1
+                p.tokens += (
+                    count(item) if count else len(item.encode("utf-8", "surrogatepass")) // 4 + 1
+                )
             p.inputs.append(item)
     return p
 
@@ -222,9 +235,16 @@ class FakeOpenAI:
         require_api_key: str | None = None,
         ratelimit_requests: int = 1_000_000,
         ratelimit_tokens: int = 1_000_000_000,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        window_s: float = 60.0,
+        tokenizer: Literal["bytes", "cl100k"] = "bytes",
     ) -> None:
         self.dimensions = dimensions
         self.ratelimit_requests, self.ratelimit_tokens = ratelimit_requests, ratelimit_tokens
+        self.tokenizer = tokenizer
+        self._limit_defaults = (rpm, tpm, window_s)
+        self._limits = _Limits(rpm, tpm, window_s)
         self.hang_s = 30.0
         self._port, self._defaults = port, (latency_s, require_api_key)
         self._lock = threading.Lock()
@@ -248,6 +268,8 @@ class FakeOpenAI:
             self._window, self._window_requests, self._window_tokens = 0, 0, 0
             self._in_flight = 0
             self.max_in_flight = 0  # most embeddings requests being answered at once
+            self._limits = _Limits(*self._limit_defaults)
+            self.tokens_admitted = 0  # tokens of the requests the limits let through
 
     def _enter(self) -> None:
         with self._lock:
@@ -357,6 +379,27 @@ class FakeOpenAI:
             self._rates = _Rates(rate_429, rate_500, rate_slow, slow_s, retry_after)
             self._rng = random.Random(seed)
 
+    def set_limits(
+        self,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        window_s: float | None = None,
+        *,
+        empty: bool = False,
+    ) -> None:
+        """Enforce these limits from now on (None: not enforced); the buckets start full, or
+        empty (``empty``: as a provider already used up by others, for steady-state tests)."""
+        with self._lock:
+            self._limits = _Limits(rpm, tpm, window_s or self._limits.window_s)
+            if empty:
+                self._limits.empty()
+
+    @property
+    def limits(self) -> tuple[int | None, int | None, float]:
+        """(rpm, tpm, window_s) enforced now."""
+        with self._lock:
+            return self._limits.rpm, self._limits.tpm, self._limits.window_s
+
     def next_response_mode(self, mode: ResponseMode, count: int = 1) -> None:
         """Break the next ``count`` otherwise-successful responses in the given way."""
         with self._lock:
@@ -371,11 +414,13 @@ class FakeOpenAI:
                 self._conns.pop(conn, None)
 
     def _process(self, headers: dict[str, str], raw: bytes) -> _Reply:
-        at, req = time.time(), _parse(raw)
+        at, req = time.time(), _parse(raw, _cl100k_count if self.tokenizer == "cl100k" else None)
         reply = self._decide(headers, req)
         with self._lock:
             self._records.append(
-                RecordedRequest(req.model, req.inputs, req.dimensions, headers, reply.status, at)
+                RecordedRequest(
+                    req.model, req.inputs, req.dimensions, headers, reply.status, at, req.tokens
+                )
             )
             self._inputs += len(req.inputs)
         return reply
@@ -402,10 +447,24 @@ class FakeOpenAI:
         elif bad:
             reply = _error(400, f"'$.input[{bad[0]}]' is invalid: input {bad[0]} was rejected.")
         else:
-            return self._success(req, delay)
+            with self._lock:
+                limits = self._limits
+                admitted, limit_headers, wait_s = limits.admit(req.tokens)
+                if admitted:
+                    self.tokens_admitted += req.tokens
+            if admitted:
+                return self._success(req, delay, limit_headers)
+            # Enforced limits and no room: a 429 like OpenAI's, answered at once.
+            headers = dict(limit_headers or {})
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait_s * 1000)))
+            headers["retry-after"] = str(max(1, math.ceil(wait_s)))
+            reply = _error(429, _limit_message(limits, req.tokens), headers)
+            return _Reply(429, reply.headers, reply.body, min(delay, 0.02))
         return _Reply(reply.status, reply.headers, reply.body, delay)
 
-    def _success(self, req: _Parsed, delay: float) -> _Reply:
+    def _success(
+        self, req: _Parsed, delay: float, limit_headers: dict[str, str] | None = None
+    ) -> _Reply:
         with self._lock:
             mode = self._modes.popleft() if self._modes else None
             window = int(time.monotonic())
@@ -414,7 +473,7 @@ class FakeOpenAI:
             self._window_requests += 1
             self._window_tokens += req.tokens
             used = self._window_requests, self._window_tokens
-        headers = {
+        headers = limit_headers or {
             "x-ratelimit-limit-requests": str(self.ratelimit_requests),
             "x-ratelimit-remaining-requests": str(max(0, self.ratelimit_requests - used[0])),
             "x-ratelimit-limit-tokens": str(self.ratelimit_tokens),
@@ -439,6 +498,96 @@ class FakeOpenAI:
         return _Reply(200, headers, body.encode(), delay + (self.hang_s if mode == "hang" else 0))
 
 
+class _Limits:
+    """OpenAI-style request and token buckets: full at the limit, refilling over window_s.
+
+    Not thread-safe on its own: FakeOpenAI calls it under its lock.
+    """
+
+    def __init__(self, rpm: int | None, tpm: int | None, window_s: float) -> None:
+        self.rpm, self.tpm, self.window_s = rpm, tpm, window_s
+        self.refill_all()
+
+    def refill_all(self) -> None:
+        self._requests = float(self.rpm or 0)
+        self._tokens = float(self.tpm or 0)
+        self._at = time.monotonic()
+
+    def empty(self) -> None:
+        self._requests, self._tokens, self._at = 0.0, 0.0, time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        elapsed, self._at = now - self._at, now
+        if self.rpm:
+            self._requests = min(self.rpm, self._requests + elapsed * self.rpm / self.window_s)
+        if self.tpm:
+            self._tokens = min(self.tpm, self._tokens + elapsed * self.tpm / self.window_s)
+
+    def admit(self, tokens: int) -> tuple[bool, dict[str, str] | None, float]:
+        """(let through?, the x-ratelimit-* headers or None when not enforced, wait if not)."""
+        if not self.rpm and not self.tpm:
+            return True, None, 0.0
+        self._refill()
+        need = min(tokens, self.tpm) if self.tpm else 0
+        wait = 0.0
+        if self.rpm and self._requests < 1:
+            wait = (1 - self._requests) * self.window_s / self.rpm
+        if self.tpm and self._tokens < need:
+            wait = max(wait, (need - self._tokens) * self.window_s / self.tpm)
+        if wait == 0.0:
+            if self.rpm:
+                self._requests -= 1
+            if self.tpm:
+                self._tokens -= need
+        return wait == 0.0, self._headers(), wait
+
+    def _headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for kind, limit, level in (
+            ("requests", self.rpm, self._requests),
+            ("tokens", self.tpm, self._tokens),
+        ):
+            if not limit:
+                continue
+            remaining = max(0, math.floor(level))
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            # Until the remaining shown is the limit again (consistent with it, as OpenAI's).
+            headers[f"x-ratelimit-reset-{kind}"] = format_duration(
+                (limit - remaining) * self.window_s / limit
+            )
+        return headers
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as OpenAI writes its reset headers: ``6m0s``, ``1s``, ``120ms``, ``1m30.5s``."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    minutes, rest = divmod(seconds, 60)
+    rest_text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    return f"{int(minutes)}m{rest_text}" if minutes else rest_text
+
+
+def _limit_message(limits: _Limits, tokens: int) -> str:
+    return (
+        f"Rate limit reached on tokens per min (TPM): Limit {limits.tpm}, Requested {tokens}. "
+        "Please try again later."
+    )
+
+
+def _cl100k_count(text: str) -> int:
+    """Tokens of ``text`` in cl100k_base, the offline encoder the worker truncates with."""
+    if "cl100k" not in _ENCODERS:
+        import bpe_openai
+
+        _ENCODERS["cl100k"] = bpe_openai.get_encoding("cl100k_base")
+    return len(_ENCODERS["cl100k"].encode_ordinary(text))
+
+
+_ENCODERS: dict[str, Any] = {}
+
+
 def _encode(vec: npt.NDArray[np.float32], req: _Parsed) -> str:
     if req.encoding == "base64":
         return '"' + base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii") + '"'
@@ -451,6 +600,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--dimensions", type=int, default=1536)
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    parser.add_argument("--rpm", type=int, default=None, help="enforce a request limit")
+    parser.add_argument("--tpm", type=int, default=None, help="enforce a token limit")
+    parser.add_argument("--window-s", type=float, default=60.0, help="limits refill over this")
+    parser.add_argument("--tokenizer", choices=("bytes", "cl100k"), default="bytes")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = FakeOpenAI(
@@ -458,6 +611,10 @@ def main(argv: list[str] | None = None) -> None:
         dimensions=args.dimensions,
         latency_s=args.latency_ms / 1000,
         require_api_key=args.api_key,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        window_s=args.window_s,
+        tokenizer=args.tokenizer,
     )
     with server:
         print(f"fake OpenAI embeddings server at {server.url} (Ctrl-C to stop)", flush=True)
