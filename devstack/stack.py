@@ -57,7 +57,8 @@ def _stack_env(demo: bool) -> tuple[dict[str, str], list[Any]]:
         if "REDIS_URL" not in env and redis_answers("redis://127.0.0.1:6379/0"):
             env["REDIS_URL"] = "redis://127.0.0.1:6379/0"
         else:
-            private = LocalRedis(DATA / "redis", PRIVATE_REDIS_PORT)
+            port = int(env.get("LOCAL_REDIS_PORT", PRIVATE_REDIS_PORT))
+            private = LocalRedis(DATA / f"redis-{port}", port)
             wanted = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
             print(
                 f"REDIS_URL {redact_url(wanted)} does not answer: "
@@ -285,9 +286,16 @@ def _wait_for_worker(
     from worker.health import ping_workers
 
     deadline = time.monotonic() + timeout_s
-    while not any(n.startswith("embeddings@") for n in ping_workers(redis_url, 1.0)):
+    while True:
+        try:
+            if any(n.startswith("embeddings@") for n in ping_workers(redis_url, 1.0)):
+                return
+        except Exception as exc:  # Redis restarting or gone: say so if it lasts
+            problem = f"; the last ping failed: {type(exc).__name__}: {exc}"
+        else:
+            problem = ""
         if stack.poll() is not None or time.monotonic() > deadline:
-            raise StackError("the embedding worker did not start; see its output above")
+            raise StackError(f"the embedding worker did not start{problem}; see its output above")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -45,11 +45,19 @@ def pg() -> Iterator[LocalPostgres]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    url = os.environ.get("TEST_REDIS_URL", f"redis://127.0.0.1:6379/{REDIS_TEST_DB}")
-    if redis_answers(url):
+    """A private redis-server for this test session (TEST_REDIS_URL to use another).
+
+    Never the machine's shared Redis: another session's workers on it would take this
+    session's messages (and control pings reach every database of a server).
+    """
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        if not redis_answers(url):
+            pytest.exit(f"TEST_REDIS_URL {url} does not answer", returncode=2)
         yield url
         return
-    private = LocalRedis(TEST_DATA / "redis", free_port())
+    port = free_port()
+    private = LocalRedis(TEST_DATA / f"redis-{port}", port)
     private.start()  # raises StackError with a how-to when redis-server is missing
     yield f"redis://127.0.0.1:{private.port}/{REDIS_TEST_DB}"
     private.stop()

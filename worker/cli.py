@@ -513,10 +513,16 @@ def _unreachable(exc: BaseException) -> str | None:
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or isinstance(
         cause, psycopg.OperationalError
     ):
+        reason = _reason(cause)
+        if "certificate" in reason or "SSL" in reason:
+            hint = "Check the server's certificate and DATABASE_URL's sslmode and sslrootcert."
+        elif "authentication" in reason or "password" in reason:
+            hint = "Check the user and password in DATABASE_URL."
+        else:
+            hint = "Is the database running and the URL right? (`make run` starts a local one.)"
         return (
             f"cannot reach PostgreSQL at {redact_url(settings.database_url)} (DATABASE_URL): "
-            f"{_reason(cause)}. Is the database running and the URL right? "
-            "(`make run` starts a local one.)"
+            f"{reason}. {hint}"
         )
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | KombuOperationalError):
         return (

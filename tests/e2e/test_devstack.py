@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from devstack.services import LocalPostgres, free_port, redis_answers
-from devstack.stack import PRIVATE_REDIS_PORT
 from tests.conftest import REPO
 from tests.e2e.conftest import wait_until
 
@@ -88,6 +87,8 @@ def stack_env(pg: LocalPostgres, tmp_path: Path) -> Iterator[dict[str, str]]:
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
         CELERY_BEAT_SCHEDULE=str(tmp_path / "beat"),
         WORKER_CONCURRENCY="2",
+        # The private Redis the stack starts, on a port of this test's own.
+        LOCAL_REDIS_PORT=str(free_port()),
     )
     yield env
     pg.drop_database(name)
@@ -96,14 +97,14 @@ def stack_env(pg: LocalPostgres, tmp_path: Path) -> Iterator[dict[str, str]]:
 def test_demo_ingests_into_partitions_and_a_second_run_reports_only_its_own_work(
     stack_env: dict[str, str],
 ) -> None:
-    private_was_up = redis_answers(f"redis://127.0.0.1:{PRIVATE_REDIS_PORT}/0")
     first = Stack("demo", stack_env, articles=120)
     try:
         assert first.wait(240) == 0, first.output
     finally:
         first.stop()
     out = first.output
-    assert "does not answer: starting a private redis-server" in out or private_was_up
+    port = stack_env["LOCAL_REDIS_PORT"]
+    assert f"does not answer: starting a private redis-server on 127.0.0.1:{port}" in out
     assert "Traceback" not in out
     (summary,) = [m for line in first.lines if (m := SUMMARY.match(line))]
     articles, embedded, failed, batches, requests = map(int, summary.groups())
@@ -132,9 +133,7 @@ def test_demo_ingests_into_partitions_and_a_second_run_reports_only_its_own_work
 def test_ctrl_c_stops_the_workers_first_and_the_private_redis_last_without_a_traceback(
     stack_env: dict[str, str],
 ) -> None:
-    private_url = f"redis://127.0.0.1:{PRIVATE_REDIS_PORT}/0"
-    if redis_answers(private_url):
-        pytest.fail(f"something already answers on {private_url}; stop it and rerun")
+    private_url = f"redis://127.0.0.1:{stack_env['LOCAL_REDIS_PORT']}/0"
     stack = Stack("run", stack_env, articles=30)
     try:
         wait_until(lambda: stack.has("running; Ctrl-C to stop"), 180, what="the stack to run")

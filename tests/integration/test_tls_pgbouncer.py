@@ -181,8 +181,11 @@ def test_certificate_from_another_ca_is_refused_with_a_clear_error(
 
     assert done.returncode == 1, done.stdout + done.stderr
     (line,) = done.stderr.strip().splitlines()  # one line, no traceback
-    assert line.startswith("embedder: error: OperationalError:"), line
-    assert "certificate verify failed" in line, line
+    assert line.startswith("embedder: cannot reach PostgreSQL at "), line
+    assert "(DATABASE_URL): certificate verify failed" in line, line
+    assert line.endswith(
+        "Check the server's certificate and DATABASE_URL's sslmode and sslrootcert."
+    )
     # sslmode=require encrypts but does not authenticate: the same server is accepted.
     with psycopg.connect(bouncer.url(db, sslmode="require"), connect_timeout=5) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
