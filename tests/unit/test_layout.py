@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -146,3 +147,23 @@ def test_without_root_a_missing_system_package_stops_make_with_one_line() -> Non
         "make test needs embedder-no-such-tool: install it (Debian/Ubuntu: sudo apt-get "
         "install embedder-no-such-tool), then run make test again"
     )
+
+
+def test_every_module_has_a_place_in_the_import_layers() -> None:
+    """A module missing from the layers contract would escape lint-imports' checks."""
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    layered = {
+        module.strip()
+        for contract in contracts["tool"]["importlinter"]["contracts"]
+        if contract["type"] == "layers"
+        for layer in contract["layers"]
+        for module in re.split(r"[|:]", layer)
+    }
+    modules = {
+        f"{path.parent.name}.{path.stem}"
+        for folder in ("worker", "tasks")
+        for path in (REPO / folder).glob("*.py")
+        if path.stem != "__init__"
+    }
+    missing = {m for m in modules if m not in layered and m.split(".")[0] not in layered}
+    assert missing == set()
