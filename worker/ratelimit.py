@@ -178,8 +178,10 @@ if rcap0 <= 0 then rv = rcap end
 if tcap0 <= 0 then tv = tcap end
 rv, tv = math.min(rv, rcap), math.min(tv, tcap)
 local n, tokens = inflight()
-if rem_r >= 0 and rcap > 0 then rv = math.min(rv, rem_r * share - n) end
-if rem_t >= 0 and tcap > 0 then tv = math.min(tv, rem_t * share - tokens) end
+-- What the provider has left, less the headroom (1 - share of its limit) and what is in
+-- flight: an absolute cushion, so an estimate that was low does not meet an empty bucket.
+if rem_r >= 0 and rcap > 0 then rv = math.min(rv, rem_r - (rcap / share) * (1 - share) - n) end
+if rem_t >= 0 and tcap > 0 then tv = math.min(tv, rem_t - (tcap / share) * (1 - share) - tokens) end
 if rejected then
   local until_ = now + math.max(retry_ms, 0)
   if until_ > closed then closed = until_ end
