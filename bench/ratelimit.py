@@ -306,7 +306,8 @@ def run(
 def print_run(r: Run) -> None:
     print(
         f"{r.workers} worker(s): TPM utilisation {r.tpm_utilisation:.3f}, RPM utilisation "
-        f"{r.rpm_utilisation:.3f} over {r.window[0]:.0f}-{r.window[1]:.0f} s; "
+        f"{r.rpm_utilisation:.3f}{' (of the first limits)' if r.changed else ''}"
+        f" over {r.window[0]:.0f}-{r.window[1]:.0f} s; "
         f"{r.per_100:.2f} 429s per 100 requests ({r.rejected} of {r.requests}); "
         f"{r.articles_per_s:.1f} articles/s; failed jobs {r.failed_jobs} "
         f"(rate_limited {r.rate_limited_failed})"

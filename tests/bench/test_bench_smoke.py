@@ -181,3 +181,33 @@ def test_search_bench_smoke(pg_dir: Path, tmp_path: Path) -> None:
     assert len(saved["results"]) == 8, saved
     assert set(saved["diagnosis"]) == {"vector", "halfvec"}, saved
     assert set(saved["insert_rows_per_s"]) == {"vector", "halfvec", "none"}, saved
+
+
+def test_ratelimit_bench_smoke(pg_dir: Path, own_redis: str, tmp_path: Path) -> None:
+    result = tmp_path / "ratelimit.json"
+    output = run_bench(
+        "ratelimit.py",
+        [
+            *("--workers", "2", "--seconds", "15", "--window-s", "4"),
+            *("--articles-per-s", "10", "--latency-ms", "20", "--batch-max", "16"),
+            *("--pg-dir", str(pg_dir), "--json", str(result)),
+        ],
+        tmp_path / "ratelimit.log",
+        env={"REDIS_URL": own_redis},
+    )
+
+    find(
+        rf"^== limits {NUMBER} requests and {NUMBER} tokens per 4 s .*no RATE_LIMIT_\* set", output
+    )
+    find(
+        rf"^2 worker\(s\): TPM utilisation {NUMBER}, RPM utilisation {NUMBER} over "
+        rf"{NUMBER}-{NUMBER} s; {NUMBER} 429s per 100 requests \(\d+ of \d+\); "
+        rf"{NUMBER} articles/s; failed jobs 0 \(rate_limited 0\)$",
+        output,
+    )
+    find(rf"^    TPM utilisation per 10 s: {NUMBER}", output)
+    (run,) = json.loads(result.read_text())["runs"]
+    # At this size the figures are rough; the workers must still be paced by the learned
+    # limits (neither idle nor far over) and no job may fail.
+    assert 0.5 <= run["tpm_utilisation"] <= 1.3, run
+    assert (run["failed_jobs"], run["rate_limited_failed"]) == (0, 0), run
