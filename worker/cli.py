@@ -181,7 +181,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     else:
         result = maintenance.rebuild_hnsw(deps, force=not args.if_needed, model=args.model)
     print(json.dumps(result.as_dict(), default=str) if args.json else _render_maintenance(result))
-    return 1 if result.is_locked_out else 0
+    return 1 if result.is_locked_out or result.failed else 0
 
 
 def _render_maintenance(result: Any) -> str:

@@ -23,6 +23,8 @@ DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:54329/embedder"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # What a model's `api_key_env` may hold: the NAME of an environment variable, never a key.
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# A model name is sent to the provider as is; it is also an index predicate's literal.
+MODEL_NAME_MAX = 200
 
 T = TypeVar("T")
 
@@ -102,6 +104,10 @@ class Settings:
     # Rebuild a model's HNSW index when updates + deletes since its last build exceed this
     # share of the live rows (checked daily by beat; 0 disables the churn trigger).
     hnsw_rebuild_churn_ratio: float = 0.2
+    # The weekly forced rebuild skips an index built within this many hours (a second beat
+    # during a deploy, or the daily check just rebuilt it); 0 = off. `embedder maintain
+    # hnsw` always rebuilds.
+    hnsw_rebuild_min_interval_h: float = 24.0
     maintenance_work_mem: str = "1GB"  # above the index size, or the build spills
     maintenance_parallel_workers: int = 2  # max_parallel_maintenance_workers for HNSW builds
     # Detach and drop monthly partitions older than this many months (0 = keep everything).
@@ -177,6 +183,12 @@ class Settings:
             )
         if self.hnsw_index_type not in ("halfvec", "vector"):
             errors.append("HNSW_INDEX_TYPE must be 'halfvec' or 'vector'")
+        if self.hnsw_rebuild_min_interval_h < 0:
+            errors.append("HNSW_REBUILD_MIN_INTERVAL_H must be 0 or more")
+        try:
+            check_model_name(self.embedding_model, "EMBEDDING_MODEL")
+        except ConfigError as exc:
+            errors.append(str(exc))
         if self.log_format not in ("text", "json"):
             errors.append("LOG_FORMAT must be 'text' or 'json'")
         if errors:
@@ -334,6 +346,29 @@ def check_env_name(name: str, option: str = "--api-key-env") -> str:
         f"{option} must be the name of an environment variable holding the API key, "
         f"not the key; {hint}"
     )
+
+
+def check_model_name(name: str, option: str = "the model name") -> str:
+    """`name` if it may name a model, else ConfigError saying why.
+
+    The rule: 1 to MODEL_NAME_MAX (200) printable characters (str.isprintable: no control,
+    format or line-separator characters), not starting or ending with white space. `:` is
+    allowed (Ollama's `nomic-embed-text:v1.5`), as are quotes and `%`: index DDL is built
+    with quoted literals and run as written (worker.maintenance).
+    """
+    if not name:
+        raise ConfigError(f"{option} must not be empty")
+    problems = []
+    if len(name) > MODEL_NAME_MAX:
+        problems.append(f"is {len(name)} characters long (at most {MODEL_NAME_MAX})")
+    if not name.isprintable():
+        bad = next(c for c in name if not c.isprintable())
+        problems.append(f"contains the non-printable character U+{ord(bad):04X}")
+    if name != name.strip():
+        problems.append("starts or ends with white space")
+    if problems:
+        raise ConfigError(f"{option} {name[:60]!r} " + " and ".join(problems))
+    return name
 
 
 def check_model_settings(

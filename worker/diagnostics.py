@@ -43,6 +43,7 @@ def run_diagnostics(deps: Deps) -> list[Check]:
     """Run every check against the configured database; never writes."""
     checks: list[Check] = []
     steps: list[Callable[[Deps, Connection], list[Check]]] = [
+        check_versions,
         check_migrations,
         check_fk_indexes,
         check_expected_indexes,
@@ -78,6 +79,23 @@ def render(checks: list[Check]) -> str:
     bad = sum(c.status == "fail" for c in checks)
     lines.append(f"{len(checks)} checks, {bad} failed")
     return "\n".join(lines)
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def check_versions(_deps: Deps, conn: Connection) -> list[Check]:
+    """The PostgreSQL and pgvector versions; a pgvector too old for safe HNSW vacuums fails.
+
+    Fails rather than warns: the corruption is silent (searches just miss rows) and the
+    fix, an extension upgrade and a rebuild, is planned work that diagnose exists to prompt.
+    """
+    versions = hnsw.server_versions(conn)
+    summary = f"PostgreSQL {versions.postgres}, pgvector {versions.pgvector or 'not installed'}"
+    problem = versions.pgvector_problem
+    if problem is not None:
+        return [Check("versions", "fail", summary, [problem])]
+    return [Check("versions", "pass", summary)]
 
 
 # --- migrations -----------------------------------------------------------------------------

@@ -30,8 +30,11 @@ from worker.config import Settings, secret_from_env
 from worker.errors import (
     AuthenticationFailed,
     BadProviderResponse,
+    BadVector,
     EmbeddingDimMismatch,
+    IngestError,
     InvalidInput,
+    MisindexedResponse,
     PermanentError,
     ProviderUnavailable,
     RateLimitDeferred,
@@ -43,6 +46,27 @@ from worker.repository import ModelInfo
 logger = logging.getLogger(__name__)
 
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
+Vector = np.ndarray[Any, np.dtype[np.float32]]
+
+# The largest finite float16. The HNSW indexes store halfvec by default (HNSW_INDEX_TYPE):
+# a vector with a component beyond it makes the index expression's cast, and with it the
+# claim's whole write transaction, fail ("out of range for type halfvec"). Embeddings are
+# normalised or close to it, so such a value is a broken vector whatever the index type.
+HALFVEC_MAX = 65504.0
+
+
+class BadVectors(BadVector):
+    """Some vectors of an answer are unusable; the others are fine (raised by `embed`).
+
+    `good` and `bad` are keyed by the input's offset in the request; `bad` says why.
+    embed_isolating keeps the good ones and asks again for each bad one alone.
+    """
+
+    def __init__(self, good: dict[int, Vector], bad: dict[int, str], count: int) -> None:
+        shown = "; ".join(f"input {i} of {count}: {why}" for i, why in sorted(bad.items())[:3])
+        super().__init__(f"{len(bad)} unusable vector(s): {shown}")
+        self.good = good
+        self.bad = bad
 
 
 @dataclass
@@ -151,6 +175,8 @@ class OpenAIEmbedder:
 
     def embed(self, texts: Sequence[str], token_count: int = 0) -> Vectors:
         retrying = Retrying(
+            # A misindexed answer is not asked again as it stands: embed_isolating splits
+            # the batch, which re-asks and finds an input that breaks the answer.
             retry=retry_if_exception(_is_retried),
             stop=stop_after_attempt(self._retry_attempts),
             wait=self._wait_for,
@@ -220,34 +246,25 @@ class OpenAIEmbedder:
             metrics.API_LATENCY.observe(time.perf_counter() - started)
         used: int | None = None
         try:
-            embeddings, used = _parse_body(content)
+            embeddings, used = _parse_body(content, len(texts))
         finally:
             if self._limiter is not None and grant is not None:
                 # usage (what the provider counted) refunds or debits the estimate; an
                 # unusable body keeps the estimate charged.
                 self._limiter.settle(grant, used_tokens=used, headers=raw.headers)
-        vectors = self._decode(embeddings, len(texts))
+        vectors = check_vectors([_as_array(e) for e in embeddings], self.dimensions, self.model)
         self.stats.tokens += used if used is not None else token_count
         return vectors
 
-    def _decode(self, embeddings: list[Any], expected: int) -> Vectors:
-        if len(embeddings) != expected:
-            raise BadProviderResponse(f"got {len(embeddings)} vectors for {expected} inputs")
-        rows = [_as_array(e) for e in embeddings]
-        for row in rows:
-            if row.shape != (self.dimensions,):
-                raise EmbeddingDimMismatch(
-                    f"model {self.model} returned {row.shape[0]} dimensions, "
-                    f"registered with {self.dimensions}"
-                )
-        return np.vstack(rows).astype(np.float32, copy=False)
 
-
-def _parse_body(content: bytes) -> tuple[list[Any], int | None]:
+def _parse_body(content: bytes, expected: int) -> tuple[list[Any], int | None]:
     """(embeddings in input order, usage.total_tokens) of a 200 answer, checked by hand.
 
     Read with json rather than the SDK's `parse()`, whose model building for 256 embeddings
     stood out in a profile of the worker (docs/benchmarks.md); every field used is checked.
+    The `index` fields must be 0 … expected - 1, each once: an answer with a duplicate, a
+    gap or an item too many or too few is a MisindexedResponse, and none of its vectors is
+    used (ordered by index, 0, 1, 0 would have stored one input's vector under another's id).
     """
     try:
         body = json.loads(content)
@@ -255,22 +272,83 @@ def _parse_body(content: bytes) -> tuple[list[Any], int | None]:
         raise BadProviderResponse(f"unparseable response: {exc}") from exc
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or not all(
-        isinstance(d, dict) and isinstance(d.get("index"), int) and "embedding" in d for d in data
+        isinstance(d, dict) and type(d.get("index")) is int and "embedding" in d for d in data
     ):
         raise BadProviderResponse("response has no list of {index, embedding} objects")
+    by_index: dict[int, Any] = {}
+    repeated: set[int] = set()
+    for d in data:
+        if d["index"] in by_index:
+            repeated.add(d["index"])
+        by_index[d["index"]] = d["embedding"]
+    if repeated or sorted(by_index) != list(range(expected)):
+        raise MisindexedResponse(_misindexed(sorted(by_index), sorted(repeated), expected))
     usage = body.get("usage")
     used = usage.get("total_tokens") if isinstance(usage, dict) else None
-    ordered = sorted(data, key=lambda d: d["index"])
-    return [d["embedding"] for d in ordered], used if isinstance(used, int) else None
+    return [by_index[i] for i in range(expected)], used if isinstance(used, int) else None
 
 
-def _as_array(embedding: Any) -> np.ndarray[Any, np.dtype[np.float32]]:
+def _misindexed(indexes: list[int], repeated: list[int], expected: int) -> str:
+    """What is wrong with an answer's indexes, for the job's last_error."""
+    missing = sorted(set(range(expected)) - set(indexes))
+    extra = [i for i in indexes if not 0 <= i < expected]
+    problems = [
+        *(f"index {i} more than once" for i in repeated[:3]),
+        *(f"index {i} missing" for i in missing[:3]),
+        *(f"index {i} beyond the inputs" for i in extra[:3]),
+    ]
+    return f"the answer's indexes do not match the {expected} inputs: {', '.join(problems)}"
+
+
+def _as_array(embedding: Any) -> Vector:
     try:
-        if isinstance(embedding, str):
-            return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
-        return np.asarray(embedding, dtype=np.float32)
+        # A value beyond float32 becomes inf here (and is refused by check_vectors).
+        with np.errstate(over="ignore", invalid="ignore"):
+            if isinstance(embedding, str):
+                return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+            return np.asarray(embedding, dtype=np.float32)
     except (ValueError, TypeError) as exc:  # bad base64, or not a list of numbers
         raise BadProviderResponse(f"undecodable embedding: {exc}") from exc
+
+
+def check_vectors(rows: Sequence[Vector], dimensions: int, model: str) -> Vectors:
+    """The answer's vectors as one (len(rows), dimensions) array, once each is usable.
+
+    Usable: the model's size, every value finite and within ±HALFVEC_MAX. When every vector
+    has one other size, the model is registered with the wrong dimensions:
+    EmbeddingDimMismatch for the whole batch. Otherwise the unusable ones raise BadVectors
+    (with the good ones), for embed_isolating to ask again for each alone.
+    """
+    shapes = {row.shape for row in rows}
+    if rows and len(shapes) == 1 and rows[0].ndim == 1 and rows[0].shape != (dimensions,):
+        raise EmbeddingDimMismatch(
+            f"model {model} returned {rows[0].shape[0]} dimensions, registered with {dimensions}"
+        )
+    bad = {
+        i: f"{row.size} values where the model has {dimensions}"
+        for i, row in enumerate(rows)
+        if row.shape != (dimensions,)
+    }
+    fitting = [i for i in range(len(rows)) if i not in bad]
+    matrix = (
+        np.vstack([rows[i] for i in fitting]).astype(np.float32, copy=False)
+        if fitting
+        else np.empty((0, dimensions), np.float32)
+    )
+    finite = np.isfinite(matrix)
+    unusable = ~finite.all(axis=1) | (np.abs(np.where(finite, matrix, 0)) > HALFVEC_MAX).any(axis=1)
+    for row_number in np.flatnonzero(unusable):
+        row = matrix[row_number]
+        j = int(np.flatnonzero(~np.isfinite(row) | (np.abs(row) > HALFVEC_MAX))[0])
+        bad[fitting[row_number]] = (
+            f"non-finite value {row[j]:g} at position {j}"
+            if not np.isfinite(row[j])
+            else f"value {row[j]:g} at position {j} beyond halfvec's ±{HALFVEC_MAX:g}"
+        )
+    if bad:
+        good = {i: matrix[n] for n, i in enumerate(fitting) if i not in bad}
+        raise BadVectors(good, bad, len(rows))
+    return matrix
 
 
 def rate_wait_s(embedder: Embedder) -> float:
@@ -287,7 +365,9 @@ def rate_wait_s(embedder: Embedder) -> float:
 
 def _is_retried(exc: BaseException) -> bool:
     # A deferral is not retried in place: the pipeline gives the batch back to pending.
-    return isinstance(exc, TransientError) and not isinstance(exc, RateLimitDeferred)
+    return isinstance(exc, TransientError) and not isinstance(
+        exc, MisindexedResponse | RateLimitDeferred
+    )
 
 
 def classify(
@@ -349,29 +429,85 @@ def retry_after(response: Any) -> float | None:
 
 def embed_isolating(
     embedder: Embedder, texts: Sequence[str], tokens: Sequence[int]
-) -> tuple[dict[int, np.ndarray[Any, np.dtype[np.float32]]], dict[int, InvalidInput]]:
-    """Embed `texts`; on a 400 split the batch to isolate the inputs the provider rejects.
+) -> tuple[dict[int, Vector], dict[int, IngestError]]:
+    """Embed `texts`, isolating the inputs the provider cannot answer for; the rest is embedded.
 
-    Returns vectors by input index and the InvalidInput error of each rejected index.
-    Transient and other permanent errors propagate (they concern the whole batch).
+    - A 400 (InvalidInput): the batch is split in halves until the rejected inputs are
+      alone; each ends with its InvalidInput.
+    - Unusable vectors (BadVectors): the good ones are kept and each bad input is asked
+      again alone; unusable a second time, it ends with a BadVector naming the cause.
+    - An answer whose indexes do not match the inputs (MisindexedResponse): none of its
+      vectors is used; the batch is split and both halves asked again. The search goes on
+      in the one half that is still misindexed; when both are (the provider answers every
+      request so) or a single input is left, those inputs end with the MisindexedResponse.
+
+    Returns vectors by input index and, for each input without one, its error: a
+    PermanentError to record, or a TransientError (MisindexedResponse, reason
+    bad_response) to release for a later try. Errors about the whole batch propagate.
     """
-    vectors: dict[int, np.ndarray[Any, np.dtype[np.float32]]] = {}
-    rejected: dict[int, InvalidInput] = {}
-    pending: list[range] = [range(len(texts))]
-    while pending:
-        part = pending.pop()
+    vectors: dict[int, Vector] = {}
+    errors: dict[int, IngestError] = {}
+
+    def ask(part: range) -> MisindexedResponse | None:
+        """One request for `part`, its outcome recorded; a misindexed answer is returned."""
         try:
             result = embedder.embed([texts[i] for i in part], sum(tokens[i] for i in part))
         except InvalidInput as exc:
             if len(part) == 1:
-                rejected[part[0]] = exc
+                errors[part.start] = exc
             else:
-                mid = part.start + len(part) // 2
-                pending.extend([range(mid, part.stop), range(part.start, mid)])
-            continue
+                for half in _halves(part):
+                    isolate(half)
+            return None
+        except MisindexedResponse as exc:
+            return exc
+        except BadVectors as exc:
+            for offset, vector in exc.good.items():
+                vectors[part[offset]] = vector
+            for offset, why in sorted(exc.bad.items()):
+                ask_alone(part[offset], f"{why} (input {offset} of {len(part)})")
+            return None
         for offset, i in enumerate(part):
             vectors[i] = result[offset]
-    return vectors, rejected
+        return None
+
+    def ask_alone(i: int, first: str) -> None:
+        """Ask again for one input whose vector was unusable the first time."""
+        try:
+            vectors[i] = embedder.embed([texts[i]], tokens[i])[0]
+        except (BadVectors, EmbeddingDimMismatch) as exc:
+            # Alone, an input's odd size is the whole answer's: still this input's fault.
+            errors[i] = BadVector(f"unusable vector: {first}; asked alone: {_why(exc)}")
+        except (InvalidInput, MisindexedResponse) as exc:
+            errors[i] = exc
+
+    def isolate(part: range) -> None:
+        misindexed = ask(part)
+        while misindexed is not None:
+            if len(part) == 1:
+                errors[part.start] = misindexed
+                return
+            left, right = _halves(part)
+            on_left, on_right = ask(left), ask(right)
+            if on_left is not None and on_right is not None:
+                # Not one input's doing: give the part back rather than ask for each input.
+                errors.update(dict.fromkeys(part, on_left))
+                return
+            part, misindexed = (left, on_left) if on_left is not None else (right, on_right)
+
+    isolate(range(len(texts)))
+    return vectors, errors
+
+
+def _halves(part: range) -> tuple[range, range]:
+    mid = part.start + len(part) // 2
+    return range(part.start, mid), range(mid, part.stop)
+
+
+def _why(exc: IngestError) -> str:
+    if isinstance(exc, BadVectors):
+        return "; ".join(exc.bad.values())
+    return str(exc)
 
 
 @dataclass

@@ -63,6 +63,22 @@ class BadProviderResponse(TransientError):
     reason = "bad_response"
 
 
+class MisindexedResponse(BadProviderResponse):
+    """The answer's `index` fields do not cover the inputs one to one (duplicates, gaps,
+    missing or extra items): no vector of it can be trusted to belong to its input.
+
+    Not retried as it stands: embed_isolating splits the batch instead, which re-asks and
+    finds an input whose presence breaks the answer; that input is released (bad_response).
+    """
+
+
+class BadVector(PermanentError):
+    """The provider's vector for one input is unusable: a non-finite value, a value no
+    index type can hold, or a size other than the rest of the answer's."""
+
+    reason = "bad_vector"
+
+
 class EmbeddingDimMismatch(PermanentError):
     """The provider's vectors do not have the model's registered dimensions."""
 

@@ -2,7 +2,9 @@
 
 Checks, each independent (one failing does not hide the others):
 - database: reachable, and migrated to the head revision of migrations/ (a worker running
-  against an old schema fails in confusing ways; this says so plainly);
+  against an old schema fails in confusing ways; this says so plainly); it also reports
+  the PostgreSQL and pgvector versions, with a warning (not a failure) for a pgvector too
+  old for safe HNSW vacuums;
 - broker: Redis answers PING;
 - worker: at least one Celery worker answers a control ping (optionally a named one);
 - backlog: the oldest pending item of every model is younger than a threshold.
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker import repository, schema
+from worker import hnsw, repository, schema
 from worker.config import ConfigError, Settings, redact_url
 
 CHECKS = ("database", "broker", "worker", "backlog")
@@ -67,6 +69,7 @@ class Health:
         lines = [f"health: {'ok' if self.ok else 'FAILING'}"]
         for name, check in self.checks.items():
             lines.append(f"  {name}: {'ok' if check.ok else 'FAIL'}  {check.detail}")
+            lines += [f"    WARNING: {w}" for w in check.data.get("warnings", [])]
         return "\n".join(lines)
 
 
@@ -79,16 +82,32 @@ def _one_line(exc: BaseException) -> str:
 
 
 def check_database(engine: Any) -> Check:
+    """Reachable and at head; also the server's versions.
+
+    A pgvector older than hnsw.PGVECTOR_MIN_SAFE is a warning in `warnings`, never a
+    failure: health decides restarts and pages, and neither cures an old extension
+    (`embedder diagnose` fails on it: plan the upgrade).
+    """
     try:
         with engine.connect() as conn:
             current = sorted(schema.applied_revisions(conn))
+            versions = hnsw.server_versions(conn)
     except Exception as exc:
         return Check(False, _one_line(exc))
     head = schema.head_revision()
-    data = {"revision": current[0] if len(current) == 1 else current, "head": head}
+    data: dict[str, Any] = {
+        "revision": current[0] if len(current) == 1 else current,
+        "head": head,
+        "server_version": versions.postgres,
+        "pgvector": versions.pgvector,
+    }
+    problem = versions.pgvector_problem
+    if problem is not None:
+        data["warnings"] = [problem]
+    running = f"PostgreSQL {versions.postgres}, pgvector {versions.pgvector or 'not installed'}"
     if current != [head]:
         return Check(False, f"schema at {current or 'nothing'}, code expects {head}", data)
-    return Check(True, f"reachable, at head {head}", data)
+    return Check(True, f"reachable, at head {head}; {running}", data)
 
 
 def check_broker(redis_url: str, timeout_s: float) -> Check:

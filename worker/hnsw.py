@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
@@ -16,6 +17,12 @@ from worker.repository import ModelInfo
 # pgvector's HNSW indexes `vector` up to 2000 dimensions and `halfvec` up to 4000.
 HNSW_VECTOR_MAX_DIMS = 2000
 HNSW_HALFVEC_MAX_DIMS = 4000
+
+# The oldest pgvector whose VACUUM of an HNSW index is safe: releases before 0.8.4 could
+# corrupt the index while vacuuming it (pgvector's CHANGELOG, 0.8.4:
+# https://github.com/pgvector/pgvector/blob/master/CHANGELOG.md#084). Every article update
+# and delete here ends in a vacuum of article_embeddings, so older releases are flagged.
+PGVECTOR_MIN_SAFE = (0, 8, 4)
 
 
 def index_name(model: str) -> str:
@@ -106,3 +113,47 @@ def index_size(conn: Connection, name: str) -> int | None:
     """The index's size in bytes, or None when it does not exist."""
     size = conn.execute(text("SELECT pg_relation_size(to_regclass(:n))"), {"n": name}).scalar()
     return None if size is None else int(size)
+
+
+@dataclass(frozen=True)
+class ServerVersions:
+    """What the database runs: PostgreSQL's server_version and the installed pgvector."""
+
+    postgres: str  # e.g. "18.6"
+    pgvector: str | None  # extversion of the `vector` extension; None when not installed
+
+    @property
+    def pgvector_problem(self) -> str | None:
+        """Why this pgvector is not safe for the HNSW indexes, or None when it is."""
+        minimum = ".".join(map(str, PGVECTOR_MIN_SAFE))
+        if self.pgvector is None:
+            return "the pgvector extension (vector) is not installed: run `embedder migrate`"
+        if version_tuple(self.pgvector) < PGVECTOR_MIN_SAFE:
+            return (
+                f"pgvector {self.pgvector} is older than {minimum}: before it, VACUUM could "
+                "corrupt HNSW indexes. Install pgvector >= "
+                f"{minimum} on the server, run ALTER EXTENSION vector UPDATE, then "
+                "`embedder maintain hnsw` (rebuilds every index)"
+            )
+        return None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """A version's numbers, e.g. (0, 8, 4) for "0.8.4"; a suffix ("-dev") is ignored."""
+    numbers = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(n) for n in numbers.group(0).split(".")) if numbers else ()
+
+
+def server_versions(conn: Connection) -> ServerVersions:
+    """The server's PostgreSQL version and the installed pgvector extension's version.
+
+    The extension's version in the catalog (extversion) is what ALTER EXTENSION set: after
+    a package upgrade without ALTER EXTENSION vector UPDATE it still names the old release.
+    """
+    row = conn.execute(
+        text(
+            "SELECT current_setting('server_version'), "
+            "(SELECT extversion FROM pg_extension WHERE extname = 'vector')"
+        )
+    ).one()
+    return ServerVersions(postgres=str(row[0]), pgvector=row[1])

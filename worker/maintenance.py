@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from worker import metrics, partitions, repository, schema
-from worker.config import Settings, check_model_settings
+from worker.config import Settings, check_model_name, check_model_settings
 from worker.deps import Deps
 from worker.hnsw import (
     built_kind,
@@ -44,6 +44,10 @@ class MaintenanceResult:
     dropped_invalid: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # partitions removed by retention
     churn: dict[str, float] = field(default_factory=dict)  # model -> churn ratio since build
+    # model -> when its index was built, for indexes the forced rebuild left alone because
+    # they were built within HNSW_REBUILD_MIN_INTERVAL_H
+    recently_built: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # model -> the error that stopped it
     durations: dict[str, float] = field(default_factory=dict)  # index -> build seconds
     progress: list[dict[str, Any]] = field(default_factory=list)  # phases seen while building
     seconds: float = 0.0
@@ -99,7 +103,23 @@ def ensure_partitions(deps: Deps, months_ahead: int | None = None) -> Maintenanc
 
 
 def _quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+    """A SQL string constant for any text: the E'' form reads the same whatever
+    standard_conforming_strings says (backslashes and quotes doubled)."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _ddl(conn: Connection, statement: str) -> None:
+    """Run a statement exactly as written, with no parameters.
+
+    Through text() a model name in a literal is parsed: `'nice-model :x'` asks for a bind
+    parameter x, and a `%` is doubled for the driver. exec_driver_sql with no_parameters
+    hands the text to psycopg untouched (which then parses no placeholders either).
+    """
+    conn.exec_driver_sql(statement, execution_options={"no_parameters": True})
 
 
 def create_index_sql(
@@ -115,7 +135,7 @@ def create_index_sql(
     )
     return (
         f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}IF NOT EXISTS "
-        f"{name or index_name(info.name)} "
+        f"{_quote_ident(name or index_name(info.name))} "
         f"ON article_embeddings USING hnsw ({expr} {ops}) "
         f"WITH (m = {int(settings.hnsw_m)}, ef_construction = {int(settings.hnsw_ef_construction)}) "
         f"WHERE model = {_quote_literal(info.name)}"
@@ -127,12 +147,10 @@ def _autocommit(engine: Engine) -> Connection:
 
 
 def _session_settings(conn: Connection, settings: Settings) -> None:
-    conn.execute(
-        text("SET maintenance_work_mem = " + _quote_literal(settings.maintenance_work_mem))
-    )
+    _ddl(conn, "SET maintenance_work_mem = " + _quote_literal(settings.maintenance_work_mem))
     workers = max(0, int(settings.maintenance_parallel_workers))
-    conn.execute(text(f"SET max_parallel_maintenance_workers = {workers}"))
-    conn.execute(text("SET statement_timeout = 0"))
+    _ddl(conn, f"SET max_parallel_maintenance_workers = {workers}")
+    _ddl(conn, "SET statement_timeout = 0")
 
 
 def ensure_model_index(engine: Engine, info: ModelInfo, settings: Settings) -> MaintenanceResult:
@@ -149,7 +167,7 @@ def ensure_model_index(engine: Engine, info: ModelInfo, settings: Settings) -> M
             _session_settings(conn, settings)
             with _ProgressWatcher(engine, conn, name) as watcher:
                 started = time.perf_counter()
-                conn.execute(text(create_index_sql(info, settings)))
+                _ddl(conn, create_index_sql(info, settings))
                 seconds = time.perf_counter() - started
             record_build(conn, info, seconds)
             logger.info("built %s in %.1fs", name, seconds)
@@ -172,10 +190,10 @@ def _settle_replacement(conn: Connection, info: ModelInfo) -> None:
         return
     if state == "valid" and index_state(conn, name) == "missing":
         logger.warning("finishing an interrupted replacement of %s", name)
-        conn.execute(text(f'ALTER INDEX "{temp}" RENAME TO "{name}"'))
+        _ddl(conn, f"ALTER INDEX {_quote_ident(temp)} RENAME TO {_quote_ident(name)}")
         return
     logger.warning("dropping %s left by an interrupted replacement", temp)
-    conn.execute(text(f'DROP INDEX CONCURRENTLY IF EXISTS "{temp}"'))
+    _ddl(conn, f"DROP INDEX CONCURRENTLY IF EXISTS {_quote_ident(temp)}")
 
 
 def drop_invalid_leftovers(conn: Connection, name: str) -> list[str]:
@@ -196,7 +214,7 @@ def drop_invalid_leftovers(conn: Connection, name: str) -> list[str]:
     dropped = [r[0] for r in rows]
     for leftover in dropped:
         logger.warning("dropping invalid index %s left by an interrupted build", leftover)
-        conn.execute(text(f'DROP INDEX CONCURRENTLY IF EXISTS "{leftover}"'))
+        _ddl(conn, f"DROP INDEX CONCURRENTLY IF EXISTS {_quote_ident(leftover)}")
     return dropped
 
 
@@ -357,8 +375,10 @@ def register_model(
     build_index=False registers a new model in backfill mode: vectors are written with no
     index to maintain per insert, searches of it are refused, and the index is built once
     when its backlog is done (rebuild_hnsw) or on demand (`embedder maintain hnsw --model`).
-    A model too wide for any HNSW index (> 4000 dimensions) is refused before it is added.
+    A model too wide for any HNSW index (> 4000 dimensions) is refused before it is added,
+    and so is a name outside the rule of config.check_model_name (ConfigError).
     """
+    check_model_name(name)
     index_kind(dimensions, deps.settings.hnsw_index_type)  # raises ValueError if impossible
     provider = provider or deps.settings.embedding_provider
     own = {
@@ -403,7 +423,9 @@ def register_model(
     return info
 
 
-def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -> MaintenanceResult:
+def rebuild_hnsw(
+    deps: Deps, *, force: bool = False, model: str | None = None, min_interval_s: float = 0.0
+) -> MaintenanceResult:
     """REINDEX CONCURRENTLY each model's HNSW index (writes keep flowing meanwhile).
 
     An index whose type differs from HNSW_INDEX_TYPE (vector built before halfvec became
@@ -414,64 +436,100 @@ def rebuild_hnsw(deps: Deps, *, force: bool = False, model: str | None = None) -
     `embedder maintain hnsw`) rebuilds every one. Missing indexes and invalid leftovers of
     interrupted builds are built or dropped either way. A model in backfill mode
     (is_indexed false) gets its index once its backlog is done, or when named in `model`.
+
+    min_interval_s > 0 (the weekly beat: HNSW_REBUILD_MIN_INTERVAL_H) makes the forced
+    rebuild skip an index whose last build ended that recently, checked under the model's
+    lock: two beats during a deploy send it twice, and the advisory lock only keeps the
+    two runs from overlapping. `embedder maintain hnsw` passes 0: on demand it rebuilds.
+
+    One model's failure (listed in `failed`, logged) does not stop the others.
     """
     result = MaintenanceResult(job="hnsw_rebuild")
     started = time.perf_counter()
-    settings = deps.settings
     with deps.engine.connect() as conn:
         models = [m for m in repository.list_models(conn) if model is None or m.name == model]
     for info in models:
-        if not info.is_indexed:
-            _finish_backfill(deps, info, is_requested=model == info.name, result=result)
-            continue
-        name = index_name(info.name)
-        wanted = index_kind(info.dimensions, settings.hnsw_index_type)
-        with _autocommit(deps.engine) as conn:
-            if index_state(conn, replacement_name(info.name)) != "missing":
-                with advisory_lock(conn, f"hnsw:{info.name}") as held:
-                    if held:  # else a replacement is being built right now: leave it
-                        _settle_replacement(conn, info)
-            state = index_state(conn, name)
-            churn = hnsw_churn(conn, info) if state == "valid" else None
-            if state == "valid" and churn is None:
-                record_build(conn, info, None)  # built before tracking: start counting now
-            built = built_kind(conn, info) if state == "valid" else None
-        if churn is not None:
-            result.churn[info.name] = round(churn.ratio, 4)
-        if state != "valid":
-            # Missing or left invalid by an interrupted build: build it (replacing a leftover).
-            ensured = ensure_model_index(deps.engine, info, settings)
-            result.created += ensured.created
-            result.dropped_invalid += ensured.dropped_invalid
-            result.durations.update(ensured.durations)
-            result.progress += ensured.progress
-            result.is_locked_out = result.is_locked_out or ensured.is_locked_out
-            continue
-        if built is not None and built != wanted:
-            logger.info("%s is a %s index; replacing it with a %s one", name, built, wanted)
-            if not _replace(deps, info, wanted, result):
-                result.is_locked_out = True
-            continue
-        due = force or (
-            churn is not None
-            and settings.hnsw_rebuild_churn_ratio > 0
-            and churn.ratio >= settings.hnsw_rebuild_churn_ratio
-        )
-        if not due:
-            continue
-        if churn is not None and not force:
-            logger.info(
-                "%s: churn %.2f since %s reaches %.2f; rebuilding",
-                name,
-                churn.ratio,
-                churn.built_at,
-                settings.hnsw_rebuild_churn_ratio,
+        try:
+            _rebuild_model(
+                deps,
+                info,
+                force=force,
+                is_requested=model == info.name,
+                min_interval_s=min_interval_s if force else 0.0,
+                result=result,
             )
-        if not _reindex(deps, info, name, result):
-            result.is_locked_out = True
+        except Exception as exc:
+            result.failed[info.name] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+            logger.error(
+                "HNSW maintenance of model %s failed (%s); going on with the other models",
+                info.name,
+                result.failed[info.name],
+            )
+            logger.debug("HNSW maintenance of model %s failed", info.name, exc_info=True)
     result.seconds = time.perf_counter() - started
     metrics.MAINTENANCE_SECONDS.labels(job="hnsw_rebuild").observe(result.seconds)
     return result
+
+
+def _rebuild_model(
+    deps: Deps,
+    info: ModelInfo,
+    *,
+    force: bool,
+    is_requested: bool,
+    min_interval_s: float,
+    result: MaintenanceResult,
+) -> None:
+    """rebuild_hnsw for one model."""
+    settings = deps.settings
+    if not info.is_indexed:
+        _finish_backfill(deps, info, is_requested=is_requested, result=result)
+        return
+    name = index_name(info.name)
+    wanted = index_kind(info.dimensions, settings.hnsw_index_type)
+    with _autocommit(deps.engine) as conn:
+        if index_state(conn, replacement_name(info.name)) != "missing":
+            with advisory_lock(conn, f"hnsw:{info.name}") as held:
+                if held:  # else a replacement is being built right now: leave it
+                    _settle_replacement(conn, info)
+        state = index_state(conn, name)
+        churn = hnsw_churn(conn, info) if state == "valid" else None
+        if state == "valid" and churn is None:
+            record_build(conn, info, None)  # built before tracking: start counting now
+        built = built_kind(conn, info) if state == "valid" else None
+    if churn is not None:
+        result.churn[info.name] = round(churn.ratio, 4)
+    if state != "valid":
+        # Missing or left invalid by an interrupted build: build it (replacing a leftover).
+        ensured = ensure_model_index(deps.engine, info, settings)
+        result.created += ensured.created
+        result.dropped_invalid += ensured.dropped_invalid
+        result.durations.update(ensured.durations)
+        result.progress += ensured.progress
+        result.is_locked_out = result.is_locked_out or ensured.is_locked_out
+        return
+    if built is not None and built != wanted:
+        logger.info("%s is a %s index; replacing it with a %s one", name, built, wanted)
+        if not _replace(deps, info, wanted, result):
+            result.is_locked_out = True
+        return
+    due = force or (
+        churn is not None
+        and settings.hnsw_rebuild_churn_ratio > 0
+        and churn.ratio >= settings.hnsw_rebuild_churn_ratio
+    )
+    if not due:
+        return
+    if churn is not None and not force:
+        logger.info(
+            "%s: churn %.2f since %s reaches %.2f; rebuilding",
+            name,
+            churn.ratio,
+            churn.built_at,
+            settings.hnsw_rebuild_churn_ratio,
+        )
+    if not _reindex(deps, info, name, result, min_interval_s=min_interval_s):
+        result.is_locked_out = True
 
 
 def _finish_backfill(
@@ -516,10 +574,10 @@ def _replace(deps: Deps, info: ModelInfo, kind: str, result: MaintenanceResult) 
         _session_settings(conn, deps.settings)
         with _ProgressWatcher(deps.engine, conn, temp) as watcher:
             started = time.perf_counter()
-            conn.execute(text(create_index_sql(info, deps.settings, kind=kind, name=temp)))
+            _ddl(conn, create_index_sql(info, deps.settings, kind=kind, name=temp))
             seconds = time.perf_counter() - started
-        conn.execute(text(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"'))
-        conn.execute(text(f'ALTER INDEX "{temp}" RENAME TO "{name}"'))
+        _ddl(conn, f"DROP INDEX CONCURRENTLY IF EXISTS {_quote_ident(name)}")
+        _ddl(conn, f"ALTER INDEX {_quote_ident(temp)} RENAME TO {_quote_ident(name)}")
         record_build(conn, info, seconds)
         logger.info("replaced %s with a %s index built in %.1fs", name, kind, seconds)
         result.rebuilt.append(name)
@@ -528,16 +586,34 @@ def _replace(deps: Deps, info: ModelInfo, kind: str, result: MaintenanceResult) 
         return True
 
 
-def _reindex(deps: Deps, info: ModelInfo, name: str, result: MaintenanceResult) -> bool:
-    """REINDEX INDEX CONCURRENTLY under the model's lock; False when someone else holds it."""
+def _reindex(
+    deps: Deps, info: ModelInfo, name: str, result: MaintenanceResult, *, min_interval_s: float
+) -> bool:
+    """REINDEX INDEX CONCURRENTLY under the model's lock; False when someone else holds it.
+
+    With min_interval_s > 0, an index built that recently is left alone (recorded in
+    `recently_built`): read under the lock, so a run that waited for another's build sees it.
+    """
     with _autocommit(deps.engine) as conn, advisory_lock(conn, f"hnsw:{info.name}") as held:
         if not held:
             return False
+        if min_interval_s > 0:
+            built_at = repository.recent_build(conn, info.name, min_interval_s)
+            if built_at is not None:
+                logger.info(
+                    "%s was built at %s, within HNSW_REBUILD_MIN_INTERVAL_H (%.4gh); "
+                    "not rebuilding it again",
+                    name,
+                    built_at,
+                    min_interval_s / 3600,
+                )
+                result.recently_built[info.name] = built_at.isoformat()
+                return True
         result.dropped_invalid += drop_invalid_leftovers(conn, name)
         _session_settings(conn, deps.settings)
         with _ProgressWatcher(deps.engine, conn, name) as watcher:
             started = time.perf_counter()
-            conn.execute(text(f"REINDEX INDEX CONCURRENTLY {name}"))
+            _ddl(conn, f"REINDEX INDEX CONCURRENTLY {_quote_ident(name)}")
             seconds = time.perf_counter() - started
         record_build(conn, info, seconds)
         logger.info("rebuilt %s in %.1fs", name, seconds)

@@ -79,6 +79,7 @@ ITEM_FAILURE_REASONS = (
     "empty_text",  # pipeline.embed_claim: skipped, nothing to embed
     "invalid_input",  # the provider rejected the input (400/413/422, after bisection)
     "dimension_mismatch",  # the provider's vectors do not fit the registered dimensions
+    "bad_vector",  # the provider's vector for the input was unusable twice (embed_isolating)
     "permanent",  # any other HTTP status the provider will answer the same way again
     # A transient error on every one of JOB_MAX_ATTEMPTS claims (pipeline.write_claim):
     "transient",

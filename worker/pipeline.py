@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
 from worker import metrics, repository
@@ -29,7 +30,7 @@ from worker.deps import Deps
 from worker.embedder import embed_isolating, rate_wait_s
 from worker.errors import (
     AuthenticationFailed,
-    InvalidInput,
+    IngestError,
     InvalidPayload,
     PermanentError,
     RateLimited,
@@ -357,6 +358,7 @@ def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) 
         alive = repository.lock_existing_articles(conn, vectors)
         changed = [v.article_id for v in vectors if v.article_id not in alive]
         vectors = [v for v in vectors if v.article_id in alive]
+        changed += _remove_emptied(conn, embedded.skipped)
         repository.upsert_embeddings(conn, info.name, vectors)
         repository.complete_jobs(
             conn, info.name, claim, [*embedded.unchanged, *(v.article_id for v in vectors)]
@@ -400,6 +402,25 @@ def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) 
         result.reasons[reason] = result.reasons.get(reason, 0) + count
     _count(info.name, result)
     return result
+
+
+def _remove_emptied(conn: Connection, skipped: dict[int, tuple[str, str]]) -> list[int]:
+    """Delete the vectors of every model of the articles skipped for empty text.
+
+    An emptied article must not be found by what it used to say. Its text is read again
+    under a share lock (no edit until commit): one that has text again, or is gone, by
+    now keeps its vectors, leaves `skipped` and is returned, to go back to pending.
+    """
+    emptied = [i for i, (reason, _) in skipped.items() if reason == "empty_text"]
+    if not emptied:
+        return []
+    texts = repository.lock_article_texts(conn, emptied)
+    still = [i for i in emptied if i in texts and not textmod.compose(*texts[i]).strip()]
+    repository.delete_article_embeddings(conn, still)
+    changed = [i for i in emptied if i not in still]
+    for i in changed:
+        del skipped[i]
+    return changed
 
 
 def _embed_work(
@@ -448,9 +469,14 @@ def _embed_work(
             failures.update({i: (outcome.reason, str(outcome)) for i in ids})
         else:
             got, rejected = outcome
+            again: list[int] = []  # inputs of a misindexed answer: released (bad_response)
             for offset, w in enumerate(batch):
-                if offset in rejected:
-                    failures[w.article.id] = (rejected[offset].reason, str(rejected[offset]))
+                error = rejected.get(offset)
+                if isinstance(error, TransientError):
+                    again.append(w.article.id)
+                    continue
+                if error is not None:
+                    failures[w.article.id] = (error.reason, str(error))
                     continue
                 rows.append(
                     EmbeddingRow(
@@ -462,10 +488,15 @@ def _embed_work(
                         is_new=w.article.stored_hash is None,
                     )
                 )
+            if again:
+                error = next(e for e in rejected.values() if isinstance(e, TransientError))
+                releases.append(
+                    _release(info, tuple(again), error, float(settings.job_retry_delay_s))
+                )
     return rows, releases, stop, len(plan)
 
 
-_Outcome = tuple[dict[int, Any], dict[int, InvalidInput]] | TransientError | PermanentError
+_Outcome = tuple[dict[int, Any], dict[int, IngestError]] | TransientError | PermanentError
 
 
 def _call_batches(

@@ -264,6 +264,31 @@ def lock_existing_articles(conn: Connection, rows: Sequence[EmbeddingRow]) -> se
     return {r[0] for r in found}
 
 
+def lock_article_texts(conn: Connection, article_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+    """id -> (title, content) of these articles, share-locked (not edited) until commit."""
+    if not article_ids:
+        return {}
+    rows = conn.execute(
+        text(
+            "SELECT id, title, content FROM articles WHERE id = ANY(CAST(:ids AS bigint[])) "
+            "ORDER BY id FOR SHARE"
+        ),
+        {"ids": sorted(article_ids)},
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def delete_article_embeddings(conn: Connection, article_ids: Sequence[int]) -> int:
+    """Delete these articles' vectors of every model; returns how many rows went."""
+    if not article_ids:
+        return 0
+    result = conn.execute(
+        text("DELETE FROM article_embeddings WHERE article_id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": sorted(article_ids)},
+    )
+    return result.rowcount
+
+
 # psycopg placeholders (binary arrays), run on the driver's cursor; diagnostics EXPLAINs it.
 UPSERT_EMBEDDINGS = """
 INSERT INTO article_embeddings
@@ -659,6 +684,21 @@ def index_build(conn: Connection, model: str) -> tuple[datetime, int, int, int] 
     if row is None:
         return None
     return row[0], int(row[1]), int(row[2]), int(row[3])
+
+
+def recent_build(conn: Connection, model: str, within_s: float) -> datetime | None:
+    """When the model's index was last built, if that build ended within `within_s` seconds.
+
+    Only real builds count: a row whose build_seconds is null only started the churn count
+    for an index built before builds were recorded (maintenance.rebuild_hnsw).
+    """
+    return conn.execute(
+        text(
+            "SELECT built_at FROM hnsw_index_builds WHERE model = :m "
+            "AND build_seconds IS NOT NULL AND built_at > now() - make_interval(secs => :s)"
+        ),
+        {"m": model, "s": within_s},
+    ).scalar_one_or_none()
 
 
 def nearest_sql(cast: str, *, has_since: bool) -> str:

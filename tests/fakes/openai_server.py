@@ -3,7 +3,9 @@
 ``FakeOpenAI`` serves ``POST /v1/embeddings`` and ``GET /health`` on 127.0.0.1 with
 deterministic vectors (see ``fake_vector``), records every request, and can inject
 faults: queued error statuses, seeded random 429/500/slow responses, rejected inputs,
-API-key checks and broken responses (short, wrong dimension, malformed, garbled, hanging).
+API-key checks, broken responses (short, wrong dimension, malformed, garbled, hanging) and
+broken answers for chosen inputs (``input_faults``: NaN, inf, out-of-range or wrong-size
+vectors, duplicate, out-of-range or missing indexes).
 
 Rate limits like OpenAI's (``rpm``/``tpm``, or ``set_limits`` while it runs): a request
 bucket and a token bucket per server, each full at the limit and refilling continuously
@@ -44,6 +46,17 @@ import numpy as np
 import numpy.typing as npt
 
 ResponseMode = Literal["short", "wrong_dim", "malformed", "garbled", "hang"]
+# How the answer for an input containing one of ``FakeOpenAI.input_faults``' needles is
+# broken, on every otherwise-successful response:
+# - "nan", "inf": that value at position 1 of its vector (JSON ``NaN``/``Infinity`` in float
+#   encoding, as Python's json writes them; the IEEE bits in base64);
+# - "huge": 1e5 at position 1 (finite in float32, beyond halfvec's ±65504);
+# - "wrong_dim": its vector has one value too many (the others are right);
+# - "duplicate_index": its item carries input 0's index (0, 1, 0 for three inputs); for
+#   input 0 itself, its item is sent twice;
+# - "gap": its item carries an index past the last input (0, 1, 3 for three inputs);
+# - "missing": its item is left out.
+InputFault = Literal["nan", "inf", "huge", "wrong_dim", "duplicate_index", "gap", "missing"]
 MAX_INPUTS = 2048
 _MALFORMED = b'{"object":"list","data":[{"object":"embedding","index":0,"embedd'
 _ERROR_KINDS: dict[int, tuple[str, str | None, str]] = {
@@ -260,6 +273,8 @@ class FakeOpenAI:
         with self._lock:
             self.latency_s, self.require_api_key = self._defaults
             self.bad_inputs: set[str] = set()
+            # needle -> how the answer for every input containing it is broken (InputFault)
+            self.input_faults: dict[str, InputFault] = {}
             self._records: list[RecordedRequest] = []
             self._inputs = 0
             self._failures: collections.deque[_Reply] = collections.deque()
@@ -487,9 +502,12 @@ class FakeOpenAI:
             return _Reply(200, headers, f'{{"object":"list","data":[{items}]}}'.encode(), delay)
         dim = (req.dimensions or self.dimensions) + (1 if mode == "wrong_dim" else 0)
         inputs = req.inputs[:-1] if mode == "short" else req.inputs
+        with self._lock:
+            faults = dict(self.input_faults)
         items = ",".join(
-            f'{{"object":"embedding","index":{i},"embedding":{_encode(fake_vector(t, dim), req)}}}'
+            _item(index, _encode(vec, req))
             for i, t in enumerate(inputs)
+            for index, vec in _answers(i, t, dim, len(req.inputs), faults)
         )
         usage = f'{{"prompt_tokens":{req.tokens},"total_tokens":{req.tokens}}}'
         body = (
@@ -588,10 +606,41 @@ def _cl100k_count(text: str) -> int:
 _ENCODERS: dict[str, Any] = {}
 
 
+def _item(index: int, embedding: str) -> str:
+    return f'{{"object":"embedding","index":{index},"embedding":{embedding}}}'
+
+
+def _answers(
+    i: int, text: str, dim: int, count: int, faults: dict[str, InputFault]
+) -> list[tuple[int, npt.NDArray[np.float32]]]:
+    """The (index, vector) items answering input ``i`` (see ``InputFault``)."""
+    fault = next((f for needle, f in faults.items() if needle in text), None)
+    vec = fake_vector(text, dim + (1 if fault == "wrong_dim" else 0))
+    if fault in ("nan", "inf", "huge"):
+        vec = vec.copy()
+        vec[1 % len(vec)] = {"nan": np.nan, "inf": np.inf, "huge": 1e5}[fault]
+    if fault == "missing":
+        return []
+    if fault == "gap":
+        return [(count, vec)]
+    if fault == "duplicate_index":
+        return [(0, vec)] if i else [(0, vec), (0, vec)]
+    return [(i, vec)]
+
+
 def _encode(vec: npt.NDArray[np.float32], req: _Parsed) -> str:
     if req.encoding == "base64":
         return '"' + base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii") + '"'
-    return "[" + ",".join(map("{:.9g}".format, vec.tolist())) + "]"  # 9 digits: exact f32
+    # 9 digits: exact f32; NaN and infinities as Python's json writes them.
+    return "[" + ",".join(map(_float, vec.tolist())) + "]"
+
+
+def _float(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return f"{value:.9g}"
 
 
 def main(argv: list[str] | None = None) -> None:

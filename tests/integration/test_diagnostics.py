@@ -150,3 +150,46 @@ def test_text_report_marks_failures(deps: Deps, database_url: str) -> None:
     assert "[FAIL] fk_indexes: 1 foreign key(s) without an index" in report
     assert "embedding_jobs.embedding_jobs_model_fkey (model)" in report
     assert report.endswith(f"{len(checks)} checks, 2 failed")  # FK index and expected index
+
+
+def _installed_pgvector(database_url: str) -> str:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _pretend_pgvector(database_url: str, version: str) -> None:
+    """What the catalog of a server with an older pgvector says (the binaries here are newer)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE pg_extension SET extversion = %s WHERE extname = 'vector'", (version,))
+
+
+def test_versions_are_reported_and_a_pgvector_before_084_fails(
+    deps: Deps,
+    database_url: str,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with deps.engine.connect() as conn:
+        server = conn.execute(text("SHOW server_version")).scalar_one()
+    installed = _installed_pgvector(database_url)
+    assert hnsw.version_tuple(installed) >= (0, 8, 4)
+
+    current = by_name(diagnostics.run_diagnostics(deps))["versions"]
+    assert (current.status, current.summary) == (
+        "pass",
+        f"PostgreSQL {server}, pgvector {installed}",
+    )
+
+    _pretend_pgvector(database_url, "0.8.1")
+    old = by_name(diagnostics.run_diagnostics(deps))["versions"]
+    code, report = run_cli(settings, monkeypatch, capsys)
+
+    assert (old.status, old.summary) == ("fail", f"PostgreSQL {server}, pgvector 0.8.1")
+    assert "older than 0.8.4" in old.details[0] and "VACUUM could corrupt" in old.details[0]
+    assert code == 1 and not report["ok"]
+    assert [c["name"] for c in report["checks"] if c["status"] == "fail"] == ["versions"]

@@ -174,7 +174,7 @@ def test_after_job_max_attempts_drains_jobs_fail_with_the_reason(
     ("mode", "state", "reason", "requests"),
     [
         # Transient: retried by tenacity, then released for later; all tries answer badly.
-        ("short", "pending", "bad_response", 4),
+        ("short", "pending", "bad_response", 3),  # the batch and its two halves
         ("malformed", "pending", "bad_response", 4),
         ("garbled", "pending", "bad_response", 4),
         # The provider's vectors cannot fit the column: permanent, recorded at once.
@@ -566,3 +566,260 @@ def test_a_connection_lost_during_the_vector_write_is_retried(deps, make_article
     pipeline.sweep(deps)  # the lease of the lost claim ran out: requeued
     assert pipeline.drain(deps).embedded == 3
     assert_all_accounted(deps, ids)
+
+
+# --- what the provider answers is checked before anything is written ------------------------
+
+
+def texts_of(deps, ids=None) -> dict[int, str]:
+    """article id -> the text the worker embeds for it (what fake_vector hashes)."""
+    rows = fetch(deps, "SELECT id, title, content FROM articles")
+    return {i: compose(t, c) for i, t, c in rows if ids is None or i in ids}
+
+
+def assert_vectors_right(deps, model: str = MODEL, dims: int = 1536) -> int:
+    """Every stored vector of `model` is the fake provider's vector for its article's text;
+    returns how many were checked."""
+    texts = texts_of(deps)
+    rows = fetch(
+        deps, "SELECT article_id, embedding FROM article_embeddings WHERE model = :m", m=model
+    )
+    wrong = [
+        article_id
+        for article_id, stored in rows
+        if not np.allclose(stored.to_numpy(), fake_vector(texts[article_id], dims), atol=1e-6)
+    ]
+    assert wrong == []
+    return len(rows)
+
+
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [
+        ("nan", "non-finite value nan at position 1"),
+        ("inf", "non-finite value inf at position 1"),
+        ("huge", "value 100000 at position 1 beyond halfvec's ±65504"),
+        ("wrong_dim", "1537 values where the model has 1536"),
+    ],
+)
+def test_an_unusable_vector_fails_its_article_only_and_names_the_cause(
+    deps, make_article, fake_openai, fault, cause
+):
+    ids = [make_article(content=f"healthy text {n}") for n in range(8)]
+    broken = ids[3]
+    with deps.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE articles SET content = 'BROKEN text' WHERE id = :a"), {"a": broken}
+        )
+    fake_openai.input_faults = {"BROKEN": fault}
+    pipeline.intake(deps, ids)
+
+    result = pipeline.drain(deps)
+
+    # The batch, then the bad input alone once more (it might have been a glitch).
+    assert [len(r.inputs) for r in fake_openai.requests] == [8, 1]
+    assert (result.embedded, result.failed, result.released) == (7, 1, 0)
+    assert_all_accounted(deps, ids, failed={broken: "bad_vector"})
+    assert assert_vectors_right(deps) == 7
+    (last_error,) = fetch(
+        deps, "SELECT last_error FROM embedding_jobs WHERE article_id = :a", a=broken
+    )[0]
+    assert f"{cause} (input 3 of 8); asked alone" in last_error
+
+
+def test_an_unusable_vector_that_is_fine_when_asked_alone_is_stored(
+    deps, make_article, fake_openai
+):
+    ids = [make_article(content=f"text {n}") for n in range(4)]
+    fake_openai.input_faults = {"text 2": "nan"}
+    pipeline.intake(deps, ids)
+    inner = deps.embedder(deps.model(None))
+
+    class HealsAlone:
+        """The provider's NaN came from batching (it happens): alone, the input is fine."""
+
+        model, dimensions, stats = inner.model, inner.dimensions, inner.stats
+
+        def embed(self, texts, token_count=0):
+            if len(texts) == 1:
+                fake_openai.input_faults = {}
+            return inner.embed(texts, token_count)
+
+        def close(self):
+            inner.close()
+
+    deps._embedders[MODEL] = HealsAlone()
+
+    result = pipeline.drain(deps)
+
+    assert (result.embedded, result.failed) == (4, 0)
+    assert_all_accounted(deps, ids)
+    assert assert_vectors_right(deps) == 4
+
+
+@pytest.mark.parametrize("fault", ["duplicate_index", "gap", "missing"])
+def test_a_misindexed_answer_never_stores_a_vector_under_another_articles_id(
+    make_deps, make_article, fake_openai, fault
+):
+    """Indexes 0, 1, 0 (or a gap, or an item missing) for one input: no vector of that
+    answer is used. Split and asked again, the healthy articles are embedded; the one that
+    breaks every answer it is in is released as bad_response until JOB_MAX_ATTEMPTS."""
+    deps = make_deps(job_retry_delay_s=0, job_max_attempts=3)
+    ids = [make_article(content=f"plain text {n}") for n in range(8)]
+    culprit = ids[2]
+    with deps.engine.begin() as conn:
+        conn.execute(text("UPDATE articles SET content = 'MIXUP' WHERE id = :a"), {"a": culprit})
+    fake_openai.input_faults = {"MIXUP": fault}
+    pipeline.intake(deps, ids)
+
+    result = pipeline.drain(deps)
+
+    assert result.embedded == 7
+    assert_all_accounted(deps, ids, failed={culprit: "bad_response"})
+    assert assert_vectors_right(deps) == 7
+    ((attempts, last_error),) = fetch(
+        deps, "SELECT attempts, last_error FROM embedding_jobs WHERE article_id = :a", a=culprit
+    )
+    assert attempts == 3
+    assert "indexes do not match" in last_error
+    # Bisection, not a request per input: 8 → 4+4 → 2+2 → 1+1, then the culprit alone twice.
+    assert fake_openai.request_count == 1 + 2 + 2 + 2 + 2
+
+
+def test_a_provider_that_misindexes_every_answer_gets_no_request_storm(
+    make_deps, make_article, fake_openai
+):
+    deps = make_deps(job_retry_delay_s=60)
+    ids = [make_article() for _ in range(16)]
+    fake_openai.input_faults = {"Article": "duplicate_index"}  # every input, every answer
+    pipeline.intake(deps, ids)
+
+    result = pipeline.drain(deps)
+
+    assert (result.embedded, result.released) == (0, 16)
+    assert fake_openai.request_count == 3  # the batch and its two halves, then it gives up
+    assert fetch(deps, "SELECT count(*) FROM article_embeddings")[0][0] == 0
+    assert jobs(deps) == [(i, "pending", 1, "bad_response") for i in ids]
+
+
+# --- removed content is not findable -------------------------------------------------------
+
+WIDE = "text-embedding-3-small@384"  # the fake answers text-embedding-3* at the asked size
+
+
+def search_hits(deps, model: str, dims: int, query_text: str) -> list[int]:
+    with deps.engine.connect() as conn:
+        hits = repository.nearest_articles(
+            conn,
+            model,
+            f"vector({dims})",
+            fake_vector(query_text, dims),
+            k=10,
+            fetch=10,
+        )
+    return [h.article_id for h in hits]
+
+
+def test_an_emptied_article_loses_its_vectors_of_every_model_and_is_not_found(
+    deps, make_article, fake_openai
+):
+    from worker.maintenance import register_model
+
+    register_model(deps, WIDE, 384, "openai", build_index=False)
+    ids = [make_article(content=f"harbour news {n}") for n in range(5)]
+    emptied = ids[1]
+    old_text = texts_of(deps, [emptied])[emptied]
+    for model in (MODEL, WIDE):
+        pipeline.intake(deps, ids, model)
+        pipeline.drain(deps, model)
+    assert emptied in search_hits(deps, MODEL, 1536, old_text)
+
+    with deps.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE articles SET title = ' ', content = E'\\n\\t' WHERE id = :a"),
+            {"a": emptied},
+        )
+    pipeline.intake(deps, [emptied])  # the producer announces the edit, for its model only
+    result = pipeline.drain(deps)
+
+    assert (result.skipped, result.embedded) == (1, 0)
+    assert_all_accounted(deps, ids, failed={emptied: "empty_text"})
+    remaining = fetch(deps, "SELECT model FROM article_embeddings WHERE article_id = :a", a=emptied)
+    assert remaining == []  # every model's vector is gone, not only the claim's model
+    assert emptied not in search_hits(deps, MODEL, 1536, old_text)
+    assert emptied not in search_hits(deps, WIDE, 384, old_text)
+    assert set(search_hits(deps, WIDE, 384, old_text)) == set(ids) - {emptied}
+    assert assert_vectors_right(deps) == 4 and assert_vectors_right(deps, WIDE, 384) == 4
+
+
+def test_an_emptied_article_with_text_again_by_the_write_keeps_its_vectors(
+    deps, make_article, fake_openai
+):
+    ids = [make_article(content=f"harbour news {n}") for n in range(3)]
+    pipeline.intake(deps, ids)
+    pipeline.drain(deps)
+    emptied = ids[0]
+    with deps.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE articles SET title = '', content = '' WHERE id = :a"), {"a": emptied}
+        )
+        conn.execute(text("UPDATE articles SET content = 'changed' WHERE id = :a"), {"a": ids[1]})
+    inner = deps.embedder(deps.model(None))
+
+    class RefillingEmbedder:
+        """The author writes the text again while the claim is at the provider."""
+
+        model, dimensions, stats = inner.model, inner.dimensions, inner.stats
+
+        def embed(self, texts, token_count=0):
+            with deps.engine.begin() as conn:
+                conn.execute(
+                    text("UPDATE articles SET content = 'written again' WHERE id = :a"),
+                    {"a": emptied},
+                )
+            return inner.embed(texts, token_count)
+
+        def close(self):
+            inner.close()
+
+    deps._embedders[MODEL] = RefillingEmbedder()
+    pipeline.intake(deps, [emptied, ids[1]])
+
+    first = pipeline.drain(deps, max_claims=1)
+    assert (first.skipped, first.released, first.embedded) == (0, 1, 1)
+    assert (
+        fetch(deps, "SELECT count(*) FROM article_embeddings WHERE article_id = :a", a=emptied)[0][
+            0
+        ]
+        == 1
+    )
+    pipeline.drain(deps)  # the next claim embeds what it says now
+
+    assert_all_accounted(deps, ids)
+    assert assert_vectors_right(deps) == 3
+
+
+def test_a_deleted_article_loses_its_vectors_of_every_model(deps, make_article, fake_openai):
+    """The foreign key cascades: nothing for the worker to do, and nothing left to find."""
+    from worker.maintenance import register_model
+
+    register_model(deps, WIDE, 384, "openai", build_index=False)
+    ids = [make_article(content=f"harbour news {n}") for n in range(3)]
+    for model in (MODEL, WIDE):
+        pipeline.intake(deps, ids, model)
+        pipeline.drain(deps, model)
+    deleted = ids[0]
+    old_text = texts_of(deps, [deleted])[deleted]
+
+    with deps.engine.begin() as conn:
+        conn.execute(text("DELETE FROM articles WHERE id = :a"), {"a": deleted})
+    pipeline.intake(deps, [deleted])
+    pipeline.drain(deps)
+
+    assert fetch(
+        deps, "SELECT count(*) FROM article_embeddings WHERE article_id = :a", a=deleted
+    ) == [(0,)]
+    assert deleted not in search_hits(deps, MODEL, 1536, old_text)
+    assert deleted not in search_hits(deps, WIDE, 384, old_text)
+    assert_all_accounted(deps, ids, failed={deleted: "not_found"})
+    assert assert_vectors_right(deps) == 2 and assert_vectors_right(deps, WIDE, 384) == 2

@@ -36,7 +36,17 @@ def test_healthy_stack_passes_every_check_but_the_missing_worker(
         "worker": False,  # nothing consumes this test's Redis database
         "backlog": True,
     }
-    assert health.checks["database"].data == {"revision": alembic_head(), "head": alembic_head()}
+    database = health.checks["database"]
+    assert database.data == {
+        "revision": alembic_head(),
+        "head": alembic_head(),
+        "server_version": database.data["server_version"],
+        "pgvector": database.data["pgvector"],
+    }
+    assert database.detail == (
+        f"reachable, at head {alembic_head()}; PostgreSQL {database.data['server_version']}, "
+        f"pgvector {database.data['pgvector']}"
+    )
     assert health.checks["worker"].detail == "no worker answered a ping within 0.5s"
     assert not health.ok
 
@@ -137,3 +147,24 @@ def test_liveness_runs_broker_and_worker_only_so_an_old_backlog_or_a_lost_databa
         assert health.checks["broker"].ok
         # No worker consumes this test's Redis database; tests/e2e/test_liveness.py has one.
         assert not health.checks["worker"].ok
+
+
+def test_a_pgvector_before_084_is_a_warning_that_fails_nothing(
+    settings: Settings, deps: Deps, database_url: str
+) -> None:
+    """Health decides restarts and pages; an old extension is planned work (diagnose fails)."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # What the catalog of a server with an older pgvector says.
+        conn.execute("UPDATE pg_extension SET extversion = '0.8.3' WHERE extname = 'vector'")
+
+    health = check_health(settings, engine=deps.engine, skip=NO_WORKER)
+
+    database = health.checks["database"]
+    assert database.ok and health.ok
+    assert database.data["pgvector"] == "0.8.3"
+    (warning,) = database.data["warnings"]
+    assert warning.startswith("pgvector 0.8.3 is older than 0.8.4: before it, VACUUM could corrupt")
+    assert database.as_dict()["warnings"] == [warning]
+    assert f"    WARNING: {warning}" in health.render().splitlines()

@@ -3,6 +3,7 @@ locks, HNSW rebuilds under write load, invalid-index cleanup and churn-triggered
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -496,3 +497,113 @@ def test_backfill_index_is_built_on_demand_by_name(
     result = maintenance.rebuild_hnsw(deps, model="text-embedding-3-small@384")
 
     assert result.created == [hnsw.index_name("text-embedding-3-small@384")]
+
+
+# --- model names, one model's failure, two beats ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model", ["nice-model :x", "it's 100% \\ sure:v1.5", 'quoted "name" :x :y']
+)
+def test_a_model_name_with_colons_quotes_or_percent_gets_a_working_index(
+    deps: Deps, database_url: str, model: str
+) -> None:
+    """`:x` in text() is a bind parameter and `%` is doubled for the driver: DDL built from
+    a name runs as written, its literal quoted, whatever the characters."""
+    from worker import diagnostics, search
+
+    info = maintenance.register_model(deps, model, 384, "openai")
+    name = hnsw.index_name(model)
+    ids = load_vectors(database_url, model, unit_vectors(30, 384, seed=3))
+
+    with deps.engine.connect() as conn:
+        assert hnsw.index_state(conn, name) == "valid"
+        definition = conn.execute(
+            text("SELECT pg_get_indexdef(to_regclass(:n))"), {"n": name}
+        ).scalar_one()
+        hits = search.search_vector(conn, info, unit_vectors(30, 384, seed=3)[7], k=1)
+    assert definition.endswith("WHERE (model = " + "'" + model.replace("'", "''") + "'::text)")
+    assert [h.article_id for h in hits] == [ids[7]]
+    rebuilt = maintenance.rebuild_hnsw(deps, force=True, model=model)
+    assert (rebuilt.rebuilt, rebuilt.failed) == ([name], {})
+    checks = {c.name: c for c in diagnostics.run_diagnostics(deps)}
+    assert checks[f"plan: vector search {model}"].status == "pass"
+
+
+def test_one_models_failure_is_reported_and_the_others_are_rebuilt(
+    deps: Deps,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """mini-384 (first by name) cannot get an index; text-embedding-3-small after it still does."""
+    from worker import cli
+
+    small = hnsw.index_name(SMALL_MODEL)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"DROP INDEX {small}")
+        # A vector of another size makes the cast in the index expression fail mid-build.
+        conn.execute("INSERT INTO articles (id, title, published_at) VALUES (999999, 'bad', now())")
+        conn.execute(
+            "INSERT INTO article_embeddings (article_id, published_at, model, embedding, "
+            "content_hash) SELECT 999999, published_at, %s, '[1,2,3]', 'x' FROM articles "
+            "WHERE id = 999999",
+            (SMALL_MODEL,),
+        )
+
+    result = maintenance.rebuild_hnsw(deps, force=True)
+
+    assert list(result.failed) == [SMALL_MODEL]
+    assert "expected 384 dimensions, not 3" in result.failed[SMALL_MODEL]
+    assert result.rebuilt == [hnsw.index_name(MODEL)]
+    for key, value in deps.settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["maintain", "hnsw", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["failed"]) == [SMALL_MODEL]
+    assert report["rebuilt"] == [hnsw.index_name(MODEL)]
+
+
+def _built_days_ago(deps: Deps, model: str, days: float) -> None:
+    with deps.engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE hnsw_index_builds SET built_at = now() - make_interval(secs => :s) "
+                "WHERE model = :m"
+            ),
+            {"s": days * 86400, "m": model},
+        )
+
+
+def test_the_weekly_rebuild_sent_twice_rebuilds_each_index_once(deps: Deps) -> None:
+    """Two beats (a deploy) send the weekly forced rebuild twice: the second run finds the
+    builds of the first within HNSW_REBUILD_MIN_INTERVAL_H and leaves them; on demand
+    (`embedder maintain hnsw`, no interval) still rebuilds."""
+    day = 24 * 3600.0
+    small, big = hnsw.index_name(SMALL_MODEL), hnsw.index_name(MODEL)
+    _built_days_ago(deps, SMALL_MODEL, 7)
+    _built_days_ago(deps, MODEL, 7)
+
+    first = maintenance.rebuild_hnsw(deps, force=True, min_interval_s=day)
+    second = maintenance.rebuild_hnsw(deps, force=True, min_interval_s=day)
+    _built_days_ago(deps, MODEL, 2)  # a week later, only one of them is due again
+    third = maintenance.rebuild_hnsw(deps, force=True, min_interval_s=day)
+    on_demand = maintenance.rebuild_hnsw(deps, force=True)
+
+    assert sorted(first.rebuilt) == sorted([small, big]) and first.recently_built == {}
+    assert second.rebuilt == [] and sorted(second.recently_built) == sorted([SMALL_MODEL, MODEL])
+    assert third.rebuilt == [big] and list(third.recently_built) == [SMALL_MODEL]
+    assert sorted(on_demand.rebuilt) == sorted([small, big])
+    # The daily check (not forced) is unaffected: churn decides, and none is due.
+    assert maintenance.rebuild_hnsw(deps, min_interval_s=day).rebuilt == []
+
+
+def test_an_index_with_no_recorded_build_is_not_taken_as_recently_built(deps: Deps) -> None:
+    """An index built before builds were recorded gets a row that only starts the churn
+    count (no build time): the weekly rebuild still rebuilds it."""
+    with deps.engine.begin() as conn:
+        conn.execute(text("DELETE FROM hnsw_index_builds WHERE model = :m"), {"m": SMALL_MODEL})
+
+    result = maintenance.rebuild_hnsw(deps, force=True, model=SMALL_MODEL, min_interval_s=86400)
+
+    assert result.rebuilt == [hnsw.index_name(SMALL_MODEL)]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tests.conftest import MODEL, REPO, fetch
+from tests.conftest import MODEL, REPO, SMALL_MODEL, fetch
 from tests.fakes.openai_server import FakeOpenAI, fake_vector
 from worker import maintenance, pipeline
 from worker.batching import plan_batches
@@ -403,3 +403,26 @@ def test_cli_help_describes_every_models_option(settings):
     ):
         assert option in done.stdout
     assert "never the" in done.stdout  # --api-key-env: the variable's name, never the key
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["models", "add", ""], "models add needs NAME and --dimensions N"),
+        (["models", "add", "some-model"], "models add needs NAME and --dimensions N"),
+        (["models", "add", " padded", "--dimensions", "8"], "starts or ends with white space"),
+        (["models", "add", "bell\x07", "--dimensions", "8"], "non-printable character U+0007"),
+    ],
+)
+def test_cli_refuses_a_model_without_a_usable_name_or_dimensions_with_exit_2(
+    settings, deps, args, says
+):
+    done = run_cli(settings, *args)
+
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("embedder: ") and says in line
+    assert fetch(deps, "SELECT name FROM embedding_models ORDER BY name") == [
+        (SMALL_MODEL,),
+        (MODEL,),
+    ]

@@ -264,3 +264,49 @@ def test_throughput_from_threads(fake: FakeOpenAI) -> None:
         t.join()
     assert (fake.request_count, fake.input_count) == (200, 200 * 64)
     assert all(r.status == 200 for r in fake.requests)
+
+
+def raw_items(client: openai.OpenAI, inputs: list[str], encoding: str = "float") -> list[dict]:
+    """The answer's data items as sent (the SDK's parsing would reorder or refuse them)."""
+    raw = client.embeddings.with_raw_response.create(
+        model=MODEL,
+        input=inputs,
+        encoding_format=encoding,
+    )
+    return json.loads(raw.content)["data"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "value"), [("nan", np.nan), ("inf", np.inf), ("huge", np.float32(1e5))]
+)
+@pytest.mark.parametrize("encoding", ["float", "base64"])
+def test_input_faults_break_the_chosen_inputs_vector_only(
+    fake: FakeOpenAI, client: openai.OpenAI, fault: str, value: float, encoding: str
+) -> None:
+    fake.input_faults = {"BAD": fault}
+    items = raw_items(client, ["a", "xBADx", "c"], encoding)
+
+    assert [item["index"] for item in items] == [0, 1, 2]
+    vectors = [as_array(item["embedding"]) for item in items]
+    for good, text in ((vectors[0], "a"), (vectors[2], "c")):
+        assert np.array_equal(good, fake_vector(text, DIM))
+    broken, expected = vectors[1], fake_vector("xBADx", DIM).copy()
+    expected[1] = value
+    assert np.array_equal(broken, expected, equal_nan=True)
+    assert len(raw_items(client, ["a", "c"], encoding)) == 2  # other requests are untouched
+
+
+def test_input_faults_wrong_size_and_indexes(fake: FakeOpenAI, client: openai.OpenAI) -> None:
+    inputs = ["a", "b", "xBADx"]
+    fake.input_faults = {"BAD": "wrong_dim"}
+    assert [len(as_array(i["embedding"])) for i in raw_items(client, inputs)] == [DIM, DIM, DIM + 1]
+    fake.input_faults = {"BAD": "duplicate_index"}
+    assert [i["index"] for i in raw_items(client, inputs)] == [0, 1, 0]
+    assert [i["index"] for i in raw_items(client, ["xBADx", "b"])] == [0, 0, 1]
+    fake.input_faults = {"BAD": "gap"}
+    assert [i["index"] for i in raw_items(client, inputs)] == [0, 1, 3]
+    fake.input_faults = {"BAD": "missing"}
+    assert [i["index"] for i in raw_items(client, inputs)] == [0, 1]
+    fake.reset()
+    assert fake.input_faults == {}
+    assert [i["index"] for i in raw_items(client, inputs)] == [0, 1, 2]
