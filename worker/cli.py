@@ -200,6 +200,10 @@ def _render_maintenance(result: Any) -> str:
             lines.append(f"{label} {name}" + (f" in {seconds:.1f}s" if seconds else ""))
     for model, ratio in sorted(result.churn.items()):
         lines.append(f"churn of {model} since its last build: {ratio:.1%}")
+    for model, built_at in sorted(result.recently_built.items()):
+        lines.append(f"skipped {model}: its index was built at {built_at} (within the interval)")
+    for model, error in sorted(result.failed.items()):
+        lines.append(f"FAILED {model}: {error}")
     if len(lines) == (1 if result.is_locked_out else 0):
         lines.append(f"{result.job}: nothing to do")
     lines.append(f"done in {result.seconds:.1f}s")
