@@ -23,10 +23,12 @@ import redis
 from tests.conftest import fetch
 from tests.fakes.openai_server import FakeOpenAI
 from worker import pipeline
+from worker.config import Settings
 from worker.deps import Deps
-from worker.embedder import OpenAIEmbedder
+from worker.embedder import OpenAIEmbedder, build_embedder
 from worker.errors import RateLimitDeferred
 from worker.ratelimit import PREFIX, STAGGER_MS, EndpointLimiter, RateLimits, build_limiter
+from worker.repository import ModelInfo
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
@@ -239,3 +241,27 @@ def test_three_workers_use_the_token_budget_without_429s(
     assert 0.85 <= utilisation <= 1.15, utilisation  # (one request is ~5% of a second)
     assert rejected <= 2 * len(steady) / 100, (rejected, len(steady))
     assert sum(1 for r in records if r.status == 429) <= 2, [r.status for r in records]
+
+
+def test_each_endpoint_and_key_variable_has_its_own_budget(
+    redis_client: redis.Redis[bytes], limited: FakeOpenAI
+) -> None:
+    settings = Settings(
+        embedding_provider="openai", openai_api_key="sk-a", openai_base_url=limited.url
+    )
+    limits = RateLimits(lambda: redis_client)
+    env = {"OTHER_KEY": "sk-b"}
+
+    def limiter_of(info: ModelInfo) -> Any:
+        embedder = build_embedder(settings, info, limits, env=env)
+        assert isinstance(embedder, OpenAIEmbedder)
+        return embedder.limiter
+
+    shared_a = limiter_of(ModelInfo("a", 8, "openai", True))
+    shared_b = limiter_of(ModelInfo("b", 8, "openai", True))
+    own_url = limiter_of(ModelInfo("c", 8, "openai", True, base_url="http://elsewhere/v1"))
+    own_key = limiter_of(ModelInfo("d", 8, "openai", True, api_key_env="OTHER_KEY"))
+
+    assert shared_a is shared_b  # the process's endpoint: one budget
+    assert len({shared_a.endpoint, own_url.endpoint, own_key.endpoint}) == 3
+    assert "sk-" not in shared_a.endpoint + own_key.endpoint  # a hash, never the key
