@@ -398,5 +398,5 @@ def build_limiter(settings: Settings, client: Callable[[], redis.Redis[bytes]]) 
         rpm=settings.rate_limit_rpm,
         tpm=settings.rate_limit_tpm,
         share=settings.rate_limit_share,
-        max_wait_s=settings.rate_limit_max_wait_s,
+        max_wait_s=settings.rate_limit_wait_bound_s,
     )
