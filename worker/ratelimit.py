@@ -44,6 +44,7 @@ PREFIX = "embedder:ratelimit"
 GRANT_TTL_MS = 120_000  # an unsettled reservation (its worker died) stops counting as in flight
 STAGGER_MS = 100  # after a 429 closure, callers go back this far apart (when no RPM is known)
 PROBE_WAIT_MS = 50  # limits unknown: one request at a time until the provider has answered
+PROBE_TIMEOUT_MS = 2000  # ... unless that first request has not been settled for this long
 
 _NOW = """
 local t = redis.call('TIME')
@@ -61,11 +62,12 @@ _STATE = (
 local H, Z = KEYS[1], KEYS[2]
 local cfg_rpm, cfg_tpm, share = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', Z, '-inf', now)
-local f = redis.call('HMGET', H, 'rl', 'tl', 'rr', 'tr', 'rv', 'tv', 'ts', 'closed', 'slot', 'probed', 'ratio')
+local f = redis.call('HMGET', H, 'rl', 'tl', 'rr', 'tr', 'rv', 'tv', 'ts', 'closed', 'slot', 'probed', 'ratio', 'probe')
 local rl, tl = tonumber(f[1] or 0), tonumber(f[2] or 0)
 local rr, tr = tonumber(f[3] or 0), tonumber(f[4] or 0)
 local closed, slot, probed = tonumber(f[8] or 0), tonumber(f[9] or 0), f[10] == '1'
 local ratio = tonumber(f[11] or 1)
+local probe = tonumber(f[12] or 0)
 local function caps()
   local rcap = (rl > 0 and rl or cfg_rpm) * share
   local tcap = (tl > 0 and tl or cfg_tpm) * share
@@ -89,14 +91,15 @@ local function inflight()
 end
 local function save()
   redis.call('HSET', H, 'rl', rl, 'tl', tl, 'rr', rr, 'tr', tr, 'rv', rv, 'tv', tv, 'ts', now,
-    'closed', closed, 'slot', slot, 'probed', probed and '1' or '0', 'ratio', ratio)
+    'closed', closed, 'slot', slot, 'probed', probed and '1' or '0', 'ratio', ratio, 'probe', probe)
   redis.call('PEXPIRE', H, 3600000)
   redis.call('PEXPIRE', Z, 3600000)
 end
 """
 )
 
-# ARGV: cfg_rpm, cfg_tpm, share, tokens, max_wait_ms, grant id.
+# ARGV: cfg_rpm, cfg_tpm, share, tokens, max_wait_ms, grant id, probe wait, stagger gap,
+# grant TTL, probe timeout (ms).
 # Returns {1, wait_ms, grant} when reserved (send after wait_ms), {0, wait_ms} when not: try again
 # after wait_ms if that is within max_wait_ms (probing), else give the batch back.
 _ACQUIRE = (
@@ -109,8 +112,11 @@ if closed > now then
   staggered = math.max(closed, slot)
   wait = staggered - now
 end
-if rcap <= 0 and tcap <= 0 and not probed and redis.call('ZCARD', Z) > 0 then
-  return {0, math.max(wait, tonumber(ARGV[7]))}
+-- Nothing known yet: one request at a time until the provider has answered one; a probe
+-- whose worker died (never settled) stops blocking the others after ARGV[10] ms.
+if rcap <= 0 and tcap <= 0 and not probed then
+  if now - probe < tonumber(ARGV[10]) then return {0, math.max(wait, tonumber(ARGV[7]))} end
+  probe = now
 end
 -- The estimate, corrected by what the provider counted for earlier ones (and 5% more).
 local charge = math.ceil(want * math.min(1.5, ratio * 1.05))
@@ -297,6 +303,7 @@ class EndpointLimiter:
                     PROBE_WAIT_MS,
                     STAGGER_MS,
                     GRANT_TTL_MS,
+                    PROBE_TIMEOUT_MS,
                 ],
             )
             wait_s = int(wait_ms) / 1000.0

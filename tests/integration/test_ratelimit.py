@@ -27,7 +27,14 @@ from worker.config import Settings
 from worker.deps import Deps
 from worker.embedder import OpenAIEmbedder, build_embedder
 from worker.errors import RateLimitDeferred
-from worker.ratelimit import PREFIX, STAGGER_MS, EndpointLimiter, RateLimits, build_limiter
+from worker.ratelimit import (
+    PREFIX,
+    PROBE_TIMEOUT_MS,
+    STAGGER_MS,
+    EndpointLimiter,
+    RateLimits,
+    build_limiter,
+)
 from worker.repository import ModelInfo
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
@@ -265,3 +272,17 @@ def test_each_endpoint_and_key_variable_has_its_own_budget(
     assert shared_a is shared_b  # the process's endpoint: one budget
     assert len({shared_a.endpoint, own_url.endpoint, own_key.endpoint}) == 3
     assert "sk-" not in shared_a.endpoint + own_key.endpoint  # a hash, never the key
+
+
+def test_a_first_request_whose_worker_died_blocks_the_endpoint_only_briefly(
+    redis_client: redis.Redis[bytes],
+) -> None:
+    # Nothing known about the endpoint: one request at a time until one is answered.
+    _, limiter = limiter_for(redis_client, "http://dead-probe/v1", max_wait_s=5)
+    limiter.acquire(10)  # never settled: its worker was killed mid-request
+    started = time.monotonic()
+
+    limiter.acquire(10)  # waits for the probe, then probes itself
+
+    waited = time.monotonic() - started
+    assert PROBE_TIMEOUT_MS / 1000 - 0.2 <= waited <= PROBE_TIMEOUT_MS / 1000 + 1.0, waited
