@@ -20,8 +20,8 @@ from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
 from tasks.flower_auth import refuse_open_flower
+from worker import broker, logs, metrics
 from worker import deps as deps_mod
-from worker import logs, metrics
 from worker.config import ConfigError, Settings
 from worker.deps import Deps, build_deps
 
@@ -46,6 +46,10 @@ def _settings() -> Settings:
 
 
 def make_app(settings: Settings) -> Celery:
+    # redis:// and rediss:// get kombu's Redis transport with one change: a value on a queue
+    # that is not a readable task message is dead-lettered instead of stopping the worker
+    # (worker/broker.py; the options below configure it).
+    broker.register()
     app = Celery(
         "embedder",
         broker=settings.redis_url,
@@ -70,8 +74,15 @@ def make_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(settings.task_time_limit_s - 30, 1),
-        # Redis redelivers unacked messages after this; it must exceed the longest task.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            # Redis redelivers unacked messages after this; it must exceed the longest task.
+            "visibility_timeout": settings.visibility_timeout_s,
+            **broker.transport_options(
+                task_queues=QUEUES,
+                dead_letter_queue=QUEUE,
+                known_task=lambda name: _known_task(app, name),
+            ),
+        },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         result_expires=3600,
         task_ignore_result=settings.result_backend_url is None,
@@ -90,6 +101,14 @@ def make_app(settings: Settings) -> Celery:
         timezone="UTC",
     )
     return app
+
+
+def _known_task(app: Celery, name: str) -> bool:
+    """For the broker transport: does this app run a task called `name`? Undecided (True)
+    until the task modules are loaded (the worker loads them at start), so a registry that
+    is not loaded yet never refuses a message."""
+    tasks = app.tasks
+    return name in tasks or "embeddings.embed_articles" not in tasks
 
 
 def _queue(name: str) -> Queue:

@@ -3,19 +3,21 @@
 What Flower shows (docs/operations.md, "Flower: item failures, both queues, no
 housekeeping"): a drain that recorded failed or skipped items ends in FAILURE with
 ItemsFailed ("2 items failed: not_found=2 …"), a refused message with MessageRefused, each
-once everything is committed. Both are expected outcomes (`throws`: no traceback; we log
-them ourselves), acked (task_acks_on_failure_or_timeout) and never retried. Beat's sweep and
-reconcile send no task events, so they stay out of Flower's task list; embedder_tasks_total
-counts their outcomes, and Celery logs their failures at ERROR.
+once everything is committed (for a refused message: what it refused is in the dead-letter
+store, what was valid beside it is recorded). Both are expected outcomes (`throws`: no
+traceback; we log them ourselves), acked (task_acks_on_failure_or_timeout) and never
+retried. Beat's sweep and reconcile send no task events, so they stay out of Flower's task
+list; embedder_tasks_total counts their outcomes, and Celery logs their failures at ERROR.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Task, current_task
 
 from tasks.app import KICK_KEY, app, get_deps, redis_client, stopping
 from worker import pipeline
@@ -49,7 +51,8 @@ class ItemsFailed(Exception):
 
 
 class MessageRefused(Exception):
-    """A message that breaks the enqueue contract: nothing of it was recorded."""
+    """A message, or part of one, that breaks the enqueue contract: what was refused is in
+    the dead-letter store (`embedder dead-letters`), anything valid beside it was recorded."""
 
 
 def _db_backoff(retries: int) -> int:
@@ -68,7 +71,7 @@ def embed_articles(self: Task, article_ids: Any, model: str | None = None) -> di
     """Accept ids for embedding (safe to send twice); a drain embeds them in batches."""
     deps = get_deps()
     try:
-        info, count = pipeline.intake(deps, article_ids, model)
+        info, count = pipeline.intake(deps, article_ids, model, source=_source())
     except PermanentError as exc:
         # A bad message is refused and logged; retrying it would fail the same way. FAILURE
         # (acked, not retried) is how Flower shows it.
@@ -89,6 +92,48 @@ def embed_articles(self: Task, article_ids: Any, model: str | None = None) -> di
     if count:
         deps.kick_drain(info.name)
     return {"accepted": count, "model": info.name}
+
+
+def _source() -> pipeline.Source:
+    """The message being run (embed_article's too: it calls embed_articles.run)."""
+    request = current_task.request
+    info = request.delivery_info or {}
+    return pipeline.Source(
+        queue=info.get("routing_key"), task_name=current_task.name, task_id=request.id
+    )
+
+
+@app.task(
+    name="embeddings.dead_letter",
+    bind=True,
+    acks_late=True,
+    max_retries=DB_RETRY_MAX,
+    throws=(MessageRefused,),
+)
+def dead_letter(self: Task, letter: Any) -> dict[str, Any]:
+    """Record a value the broker could not read (worker/broker.py sends this in its place).
+
+    Never sent by producers. Ends in FAILURE (MessageRefused) naming the reason and the dead
+    letter, like any refused message; a redelivery records nothing twice.
+    """
+    deps = get_deps()
+    try:
+        letter_id, reason, detail = pipeline.record_unreadable(
+            deps, letter, key=self.request.id or str(uuid.uuid4())
+        )
+    except Exception as exc:
+        if pipeline.is_db_transient(exc):
+            raise self.retry(exc=exc, countdown=_db_backoff(self.request.retries)) from None
+        raise
+    where = f"dead letter {letter_id}" if letter_id is not None else "dead letter stored before"
+    logger.error(
+        "refused an unreadable message: %s: %s (%s)",
+        reason,
+        detail,
+        where,
+        extra={"task_id": self.request.id},
+    )
+    raise MessageRefused(f"{reason}: {detail} ({where})")
 
 
 @app.task(

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from worker import logs
 
@@ -28,6 +28,23 @@ def _iso_date(value: str) -> datetime:
             f"expected an ISO date such as 2026-11-30 or 2026-11-30T08:00, not {value[:40]!r}"
         ) from None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (exit 2), as every other usage error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(value: str) -> int:
+    """An id or count: plain decimal digits, at least 1."""
+    from worker import messages
+
+    number = messages.parse_id(value)
+    if number is None:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value[:40]!r}")
+    return number
 
 
 def _deps(application_name: str = "embedder-cli") -> Any:
@@ -306,6 +323,82 @@ def cmd_metrics_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from worker import deadletters, repository
+
+    if args.action == "replay" and args.ids is not None and len(args.letters) != 1:
+        raise UsageError("--ids replaces the ids of one dead letter: give exactly one ID")
+    ids = _ids_option(args.ids) if args.action == "replay" else None
+    if args.action == "purge" and (args.before is None) == (not args.all):
+        raise UsageError("purge needs --before DATE or --all (one of them)")
+    deps = _deps()
+    if args.action == "list":
+        with deps.engine.connect() as conn:
+            letters = repository.list_dead_letters(conn, limit=args.limit, reason=args.reason)
+            total = sum(repository.dead_letter_counts(conn).values())
+        if args.json:
+            print(json.dumps([deadletters.describe(d) for d in letters], indent=2, default=str))
+            return 0
+        print(f"{total} dead letters stored; newest {len(letters)}:" if total else "none stored")
+        for d in letters:
+            where = " ".join(x for x in (d.queue, d.task_name, d.task_id) if x) or "-"
+            print(
+                f"{d.id}\t{d.received_at:%Y-%m-%d %H:%M:%S}\t{d.reason}\t{where}\t"
+                f"{d.payload_size} B\t{d.detail[:120]}"
+            )
+        return 0
+    if args.action == "show":
+        with deps.engine.connect() as conn:
+            letter = repository.get_dead_letter(conn, args.letter)
+        if letter is None:
+            print(f"embedder dead-letters: there is no dead letter {args.letter}", file=sys.stderr)
+            return 1
+        if args.raw:
+            sys.stdout.buffer.write(letter.payload or b"")
+            return 0
+        shown = deadletters.describe(letter)
+        if args.json:
+            print(json.dumps(shown, indent=2, ensure_ascii=False, default=str))
+        else:
+            for key, value in shown.items():
+                text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+                print(f"{key}: {text}")
+        return 0
+    if args.action == "replay":
+        failed = 0
+        for letter_id in args.letters:
+            try:
+                done = deadletters.replay(deps, letter_id, ids=ids, model=args.model)
+            except deadletters.NotReplayable as exc:
+                failed += 1
+                print(f"embedder dead-letters: {letter_id} not replayed: {exc}", file=sys.stderr)
+                continue
+            print(
+                f"replayed dead letter {done.letter_id}: {done.ids} ids for {done.model} "
+                f"in {len(done.task_ids)} messages"
+            )
+        return 1 if failed else 0
+    with deps.engine.begin() as conn:
+        count = repository.purge_dead_letters(conn, before=None if args.all else args.before)
+    print(f"purged {count} dead letters")
+    return 0
+
+
+def _ids_option(values: Sequence[str] | None) -> list[int] | None:
+    """--ids: article ids, separated by spaces or commas, each plain decimal digits."""
+    from worker import messages
+
+    if values is None:
+        return None
+    tokens = [t for v in values for t in v.replace(",", " ").split()]
+    ids, bad = messages.parse_ids(tokens)
+    if bad or not ids:
+        raise UsageError(
+            messages.refused_ids_detail(bad, len(tokens)) if bad else "--ids names no id"
+        )
+    return ids
+
+
 def cmd_run(_args: argparse.Namespace) -> int:
     # The local stack is a development tool of the source checkout (devstack/), not part of
     # the installed package: say where it is instead of failing on an import.
@@ -318,7 +411,7 @@ def cmd_run(_args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="embedder", description=__doc__)
+    p = _Parser(prog="embedder", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(
@@ -468,6 +561,47 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="per-check network timeout (default 2 s)",
     )
+    sp = add(
+        "dead-letters",
+        cmd_dead_letters,
+        "messages (or parts) the workers refused: list, show, replay, purge",
+    )
+    dsub = sp.add_subparsers(
+        dest="action", required=True, metavar="ACTION", help="list, show, replay or purge"
+    )
+    dp = dsub.add_parser("list", help="the newest dead letters: id, time, reason, where, size")
+    dp.add_argument("--reason", help="only this reason, e.g. invalid_ids or not_json")
+    dp.add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="how many (default 50)"
+    )
+    dp.add_argument("--json", action="store_true", help="JSON, with payloads, for machines")
+    dp = dsub.add_parser("show", help="one dead letter: fields, payload, decoded body")
+    dp.add_argument("letter", type=_positive, metavar="ID", help="the dead letter's id")
+    dp.add_argument("--raw", action="store_true", help="write the stored payload bytes only")
+    dp.add_argument("--json", action="store_true", help="one JSON document, for machines")
+    dp = dsub.add_parser(
+        "replay",
+        help="re-send the article ids of dead letters whose payload now parses (or --ids), "
+        "then delete them",
+    )
+    dp.add_argument(
+        "letters", type=_positive, nargs="+", metavar="ID", help="dead letter ids to replay"
+    )
+    dp.add_argument(
+        "--ids",
+        nargs="+",
+        metavar="ARTICLE_ID",
+        help="send these article ids instead of the stored ones (one dead letter only)",
+    )
+    dp.add_argument("--model", help="send for this registered model instead of the stored one")
+    dp = dsub.add_parser("purge", help="delete dead letters: --before DATE, or --all")
+    dp.add_argument(
+        "--before",
+        type=_iso_date,
+        metavar="DATE",
+        help="received before this ISO date or date-time (UTC if no zone)",
+    )
+    dp.add_argument("--all", action="store_true", help="every stored dead letter")
     sp = add("metrics-server", cmd_metrics_server, "Prometheus exporter for all worker processes")
     sp.add_argument("--port", type=int, default=9808, help="port to listen on (default 9808)")
     sp.add_argument(

@@ -19,9 +19,14 @@ from typing import Any
 
 import redis
 
-TASK_EMBED_ARTICLES = "embeddings.embed_articles"
-TASK_EMBED_ARTICLE = "embeddings.embed_article"
+from worker import messages
+
+TASK_EMBED_ARTICLES = messages.TASK_EMBED_ARTICLES
+TASK_EMBED_ARTICLE = messages.TASK_EMBED_ARTICLE
 TASK_DRAIN = "embeddings.drain"
+# Sent by the broker transport in place of a value it could not read (worker/broker.py);
+# the task records it in the dead-letter store. Producers never send it.
+TASK_DEAD_LETTER = "embeddings.dead_letter"
 QUEUE = "embeddings"
 # Ids per message: big lists are split so no message is huge (a 100k-id list becomes 100).
 DEFAULT_CHUNK = 1000
@@ -36,6 +41,7 @@ def task_message(
     queue: str = QUEUE,
     expires_s: float | None = DEFAULT_EXPIRES_S,
     task_id: str | None = None,
+    argsrepr: str | None = None,
 ) -> dict[str, Any]:
     """A Celery protocol-2 message envelope as kombu's Redis transport stores it."""
     task_id = task_id or str(uuid.uuid4())
@@ -61,7 +67,7 @@ def task_message(
             "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
-            "argsrepr": _argsrepr(args),
+            "argsrepr": argsrepr if argsrepr is not None else _argsrepr(args),
             "kwargsrepr": repr(kwargs),
             "origin": f"{os.getpid()}@{socket.gethostname()}",
             "ignore_result": False,
@@ -86,6 +92,31 @@ def _argsrepr(args: Sequence[Any]) -> str:
         rest = ", ".join(repr(a) for a in args[1:])
         return f"([{head}, … {len(ids)} ids]{', ' + rest if rest else ''})"
     return repr(tuple(args))
+
+
+def dead_letter_message(raw: bytes, refused: messages.Refused, queue: str) -> dict[str, Any]:
+    """The embeddings.dead_letter message that carries a value the broker could not read.
+
+    Its one argument says what was refused and why; the value itself travels base64-encoded,
+    capped at messages.PAYLOAD_MAX_BYTES (its original size beside it). It never expires.
+    """
+    letter = {
+        "payload": base64.b64encode(messages.capped(raw)).decode(),
+        "size": len(raw),
+        "reason": refused.reason,
+        "detail": messages.clean_text(refused.detail, 1000),
+        "queue": messages.clean_text(queue),
+        "task_name": messages.clean_text(refused.task_name),
+        "task_id": messages.clean_text(refused.task_id),
+    }
+    return task_message(
+        TASK_DEAD_LETTER,
+        [letter],
+        {},
+        queue=QUEUE,
+        expires_s=None,
+        argsrepr=f"({refused.reason!r}, {len(raw)} bytes from {queue!r})",
+    )
 
 
 def chunks(ids: Iterable[int], size: int) -> Iterator[list[int]]:

@@ -95,3 +95,24 @@ class InvalidPayload(PermanentError):
     """A task message that does not follow the enqueue contract."""
 
     reason = "invalid_payload"
+
+
+# Why a message, or part of one, is refused and kept as a dead letter (dead_letters.reason,
+# embedder_dead_letters_total{reason}). The broker refuses values it cannot read
+# (worker.messages.read_message), intake refuses bad ids and models; both raise
+# worker.messages.Refused, an InvalidPayload whose reason is one of these.
+# tests/unit/test_dead_letters.py checks the code records no other.
+DEAD_LETTER_REASONS = (
+    "not_json",  # not UTF-8 JSON
+    "not_envelope",  # JSON, but not a message (no body, headers or properties)
+    "bad_envelope",  # a message field missing or of the wrong type
+    "body_not_base64",  # the body cannot be base64-decoded
+    "unsupported_content",  # not application/json in utf-8 (pickle, …)
+    "bad_body",  # the body is not JSON [args, kwargs, embed]
+    "unknown_task",  # no such task is registered
+    "bad_arguments",  # arguments that do not fit the task's signature
+    "undeliverable",  # passed every check, yet the worker could not take it
+    "invalid_ids",  # ids that are not positive 64-bit integers (only those are refused)
+    "invalid_model",  # a model that is not a string (or not storable text)
+    "unknown_model",  # a model that is not registered
+)

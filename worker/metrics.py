@@ -12,6 +12,8 @@ import os
 import threading
 from collections.abc import Iterable
 
+from worker.errors import DEAD_LETTER_REASONS
+
 # prometheus_client writes a file per process and metric type into this directory as soon
 # as a metric is created (below): it must exist. The variable itself must already be in the
 # environment when the process starts (Procfile, compose), before prometheus_client loads.
@@ -122,3 +124,11 @@ def init_tasks(names: Iterable[str]) -> None:
 
 for _reason in RETRY_REASONS:
     API_RETRIES.labels(reason=_reason)
+
+DEAD_LETTERS = Counter(
+    "embedder_dead_letters_total",
+    "Messages, or refused parts of messages, recorded in the dead-letter store, by reason",
+    ["reason"],
+)
+for _reason in DEAD_LETTER_REASONS:
+    DEAD_LETTERS.labels(reason=_reason)

@@ -5,7 +5,7 @@ set (before prometheus_client is imported, so: in the environment of every worke
 from the Procfile or compose) each child writes its samples to files in that directory;
 this exporter aggregates them (MultiProcessCollector) and adds what no worker can know on
 its own, read from PostgreSQL at scrape time: the backlog per model, its oldest age, the
-oldest claim in flight and the state of each model's HNSW index.
+oldest claim in flight, the state of each model's HNSW index, and the dead letters stored.
 Wipe the directory when the whole worker fleet on the host restarts (docs/operations.md).
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from worker import hnsw, repository
+from worker.errors import DEAD_LETTER_REASONS
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,40 @@ class BacklogCollector:
         yield from (pending, oldest, in_flight, jobs, index, indexed, up)
 
 
+class DeadLetterCollector:
+    """embedder_dead_letters{reason}: dead letters stored now (every known reason, 0 too),
+    read from PostgreSQL on every scrape. Separate from the backlog, so a database without
+    the table (schema behind the code) does not hide the backlog."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def describe(self) -> Iterator[Any]:
+        yield self._family()
+
+    def _family(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return GaugeMetricFamily(
+            "embedder_dead_letters",
+            "Dead letters stored (refused messages or parts of them), by reason: "
+            "embedder dead-letters list",
+            labels=["reason"],
+        )
+
+    def collect(self) -> Iterator[Any]:
+        family = self._family()
+        try:
+            with self.engine.connect() as conn:
+                counts = repository.dead_letter_counts(conn)
+        except Exception as exc:  # a scrape must answer even when the database does not
+            logger.warning("dead letter query failed: %s", type(exc).__name__)
+            return
+        for reason in sorted(set(DEAD_LETTER_REASONS) | set(counts)):
+            family.add_metric([reason], counts.get(reason, 0))
+        yield family
+
+
 def build_registry(engine: Any) -> Any:
     """The registry to serve: every worker process's samples plus the backlog from PostgreSQL."""
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -121,6 +156,7 @@ def build_registry(engine: Any) -> Any:
         logger.warning("PROMETHEUS_MULTIPROC_DIR is not set: worker processes are not visible")
         registry = REGISTRY
     registry.register(BacklogCollector(engine))
+    registry.register(DeadLetterCollector(engine))
     return registry
 
 

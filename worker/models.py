@@ -25,6 +25,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -180,4 +181,28 @@ hnsw_index_builds = Table(
     Column("tup_upd", BigInteger, nullable=False, server_default="0"),
     Column("tup_del", BigInteger, nullable=False, server_default="0"),
     Column("stats_reset", DateTime(timezone=True), nullable=True),
+)
+
+# What a worker refused (migration 0007): the raw value (capped at 64 KiB, payload_size is
+# its original size), why, when, where from. dedupe_key: a redelivered message is recorded
+# once. `embedder dead-letters` lists, shows, replays and purges them.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("reason", Text, nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("queue", Text, nullable=True),
+    Column("task_name", Text, nullable=True),
+    Column("task_id", Text, nullable=True),
+    Column("payload", LargeBinary, nullable=False),
+    Column("payload_size", BigInteger, nullable=False),
+    Column("dedupe_key", Text, nullable=False),
+    PrimaryKeyConstraint("id", name="dead_letters_pkey"),
+    UniqueConstraint("dedupe_key", name="dead_letters_dedupe_key_key"),
+    CheckConstraint(
+        "payload_size >= octet_length(payload)", name="dead_letters_payload_size_check"
+    ),
+    Index("dead_letters_received_idx", "received_at"),
 )

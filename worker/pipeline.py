@@ -10,8 +10,11 @@ batch to fill.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,26 +25,27 @@ import psycopg
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
-from worker import metrics, repository
+from worker import client, messages, metrics, repository
 from worker import text as textmod
 from worker.batching import plan_batches
 from worker.db import pool_stats
 from worker.deps import Deps
 from worker.embedder import embed_isolating, rate_wait_s
 from worker.errors import (
+    DEAD_LETTER_REASONS,
     AuthenticationFailed,
     IngestError,
-    InvalidPayload,
     PermanentError,
     RateLimited,
     TransientError,
+    UnknownModel,
 )
 from worker.repository import ArticleRow, Claim, EmbeddingRow, ModelInfo
 
 logger = logging.getLogger(__name__)
 
 # Validation bounds for task payloads (PostgreSQL bigint, positive ids).
-MAX_ARTICLE_ID = 2**63 - 1
+MAX_ARTICLE_ID = messages.MAX_ARTICLE_ID
 
 
 @dataclass
@@ -76,48 +80,151 @@ class DrainResult:
             self.reasons[reason] = self.reasons.get(reason, 0) + count
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a message came from, recorded with its dead letters."""
+
+    queue: str | None = None
+    task_name: str | None = None
+    task_id: str | None = None
+
+
 def validate_ids(article_ids: Any) -> list[int]:
-    """The ids of a task payload, or InvalidPayload saying what is wrong with it."""
-    if isinstance(article_ids, int | str) and not isinstance(article_ids, bool):
-        article_ids = [article_ids]
-    if not isinstance(article_ids, list | tuple):
-        raise InvalidPayload(
-            f"article_ids must be a list of integers, got {type(article_ids).__name__}"
-        )
-    ids: list[int] = []
-    bad: list[str] = []
-    for value in article_ids:
-        if isinstance(value, bool) or not isinstance(value, int | str):
-            bad.append(repr(value)[:40])
-            continue
-        try:
-            number = int(value)
-        except ValueError:
-            bad.append(repr(value)[:40])
-            continue
-        if not 1 <= number <= MAX_ARTICLE_ID:
-            bad.append(repr(value)[:40])
-            continue
-        ids.append(number)
+    """The ids of a payload, or Refused (an InvalidPayload, reason `invalid_ids`) when any
+    value is not an article id: a JSON integer or a string of plain decimal digits, 1 to
+    2^63-1 (worker.messages.parse_id)."""
+    ids, bad = messages.parse_ids(article_ids)
     if bad:
-        raise InvalidPayload(
-            f"article_ids must be positive 64-bit integers; rejected {len(bad)}: {', '.join(bad[:5])}"
-        )
+        raise messages.Refused("invalid_ids", messages.refused_ids_detail(bad, len(ids) + len(bad)))
     return ids
 
 
-def intake(deps: Deps, article_ids: Any, model: str | None = None) -> tuple[ModelInfo, int]:
-    """Record these ids as pending for `model` (default: EMBEDDING_MODEL); return (model, count).
+def intake(
+    deps: Deps, article_ids: Any, model: Any = None, *, source: Source | None = None
+) -> tuple[ModelInfo, int]:
+    """Record the valid ids as pending for `model` (default: EMBEDDING_MODEL); return
+    (model, ids recorded). What is refused goes to the dead-letter store, nothing is lost.
 
-    The whole message is validated first: a malformed payload records nothing.
+    Ids that are not article ids are refused one by one: the valid ones are recorded and
+    the refused values stored as one dead letter (`invalid_ids`) in the same transaction;
+    then Refused is raised, saying how many were accepted, and a drain is asked for. A
+    message that cannot be taken at all (article_ids not a list, a model that is not a
+    string or not registered) is stored whole as a dead letter and refused (Refused).
+    Either way the error is raised only once the dead letter is committed.
     """
-    ids = validate_ids(article_ids)
-    info = deps.model(model)
-    if not ids:
-        return info, 0
+    source = source or Source()
+    try:
+        name = messages.parse_model(model)
+        ids, bad = messages.parse_ids(article_ids)
+        info = _registered(deps, name)
+    except messages.Refused as refused:
+        letter = _store_dead_letter(deps, refused, article_ids, model, source)
+        raise messages.Refused(refused.reason, f"{refused.detail}{_letter_note(letter)}") from None
+    if not bad:
+        if ids:
+            with deps.engine.begin() as conn:
+                repository.record_intake(conn, info.name, ids)
+        return info, len(set(ids))
+    part = messages.Refused("invalid_ids", messages.refused_ids_detail(bad, len(ids) + len(bad)))
     with deps.engine.begin() as conn:
-        repository.record_intake(conn, info.name, ids)
-    return info, len(set(ids))
+        if ids:
+            repository.record_intake(conn, info.name, ids)
+        letter = _insert_dead_letter(conn, part, bad, model, source)
+    _count_dead_letter(part.reason, letter)
+    if ids:
+        _ask_for_help(deps, info.name)  # the caller gets the error, not the count
+    raise messages.Refused(
+        part.reason,
+        f"{part.detail}; accepted the other {len(set(ids))} for {info.name}{_letter_note(letter)}",
+    )
+
+
+def _registered(deps: Deps, name: str | None) -> ModelInfo:
+    try:
+        return deps.model(name)
+    except UnknownModel as exc:
+        raise messages.Refused("unknown_model", str(exc)) from None
+
+
+def _store_dead_letter(
+    deps: Deps, refused: messages.Refused, article_ids: Any, model: Any, source: Source
+) -> int | None:
+    with deps.engine.begin() as conn:
+        letter = _insert_dead_letter(conn, refused, article_ids, model, source)
+    _count_dead_letter(refused.reason, letter)
+    return letter
+
+
+def _insert_dead_letter(
+    conn: Connection, refused: messages.Refused, article_ids: Any, model: Any, source: Source
+) -> int | None:
+    """Store the refused ids (with the model as sent) as an embed_articles message: the
+    form `embedder dead-letters replay` re-sends once it parses. None if stored before."""
+    values = article_ids if isinstance(article_ids, list) else [article_ids]
+    kwargs = {} if model is None else {"model": model}
+    # Whatever a Python caller passed must still be storable: non-JSON values as their repr.
+    args, kwargs = json.loads(json.dumps([[values], kwargs], default=repr))
+    envelope = client.task_message(
+        client.TASK_EMBED_ARTICLES, args, kwargs, task_id=source.task_id, expires_s=None
+    )
+    raw = json.dumps(envelope).encode("utf-8")
+    return repository.insert_dead_letter(
+        conn,
+        dedupe_key=f"{source.task_id}:{refused.reason}" if source.task_id else str(uuid.uuid4()),
+        reason=refused.reason,
+        detail=messages.clean_text(refused.detail, 1000) or "",
+        queue=messages.clean_text(source.queue),
+        task_name=messages.clean_text(source.task_name),
+        task_id=messages.clean_text(source.task_id),
+        payload=messages.capped(raw),
+        payload_size=len(raw),
+    )
+
+
+def record_unreadable(deps: Deps, letter: Any, *, key: str) -> tuple[int | None, str, str]:
+    """Store a value the broker could not read (the argument of embeddings.dead_letter,
+    worker.client.dead_letter_message); return (dead letter id or None if stored before,
+    reason, detail). A malformed letter is itself stored, as `bad_arguments`."""
+    try:
+        payload = base64.b64decode(letter["payload"], validate=True)
+        size = letter["size"]
+        reason = letter["reason"]
+        if (
+            isinstance(size, bool)
+            or not isinstance(size, int)
+            or size < len(payload)
+            or reason not in DEAD_LETTER_REASONS
+        ):
+            raise ValueError("size or reason")
+        detail = messages.clean_text(letter.get("detail"), 1000) or ""
+        fields = {k: messages.clean_text(letter.get(k)) for k in ("queue", "task_name", "task_id")}
+    except (TypeError, KeyError, ValueError, AttributeError):
+        payload = json.dumps(letter, default=repr).encode("utf-8")
+        size, reason = len(payload), "bad_arguments"
+        detail = "embeddings.dead_letter was sent something that is not a dead letter"
+        fields = {"queue": None, "task_name": client.TASK_DEAD_LETTER, "task_id": None}
+        payload = messages.capped(payload)
+    with deps.engine.begin() as conn:
+        letter_id = repository.insert_dead_letter(
+            conn,
+            dedupe_key=key,
+            reason=reason,
+            detail=detail,
+            payload=payload,
+            payload_size=size,
+            **fields,
+        )
+    _count_dead_letter(reason, letter_id)
+    return letter_id, reason, detail
+
+
+def _count_dead_letter(reason: str, letter: int | None) -> None:
+    if letter is not None:  # None: this delivery was recorded before (a redelivery)
+        metrics.DEAD_LETTERS.labels(reason=reason).inc()
+
+
+def _letter_note(letter: int | None) -> str:
+    return f" (dead letter {letter})" if letter is not None else " (dead letter stored before)"
 
 
 def drain(

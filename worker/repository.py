@@ -807,3 +807,138 @@ def ids_progress(conn: Connection, model: str, article_ids: Sequence[int]) -> tu
         {"m": model, "ids": list(article_ids)},
     ).one()
     return int(row[0]), int(row[1])
+
+
+# -- dead letters (migration 0007; worker/deadletters.py, `embedder dead-letters`) ----------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A refused message, or the refused part of one, as stored."""
+
+    id: int
+    received_at: datetime
+    reason: str
+    detail: str
+    queue: str | None
+    task_name: str | None
+    task_id: str | None
+    payload_size: int
+    payload: bytes | None = None  # loaded by get_dead_letter only
+
+
+_DEAD_LETTER_COLUMNS = "id, received_at, reason, detail, queue, task_name, task_id, payload_size"
+
+
+def insert_dead_letter(
+    conn: Connection,
+    *,
+    dedupe_key: str,
+    reason: str,
+    detail: str,
+    queue: str | None,
+    task_name: str | None,
+    task_id: str | None,
+    payload: bytes,
+    payload_size: int,
+) -> int | None:
+    """Store a dead letter; its id, or None when `dedupe_key` is already stored (redelivery)."""
+    return conn.execute(
+        text(
+            """
+            INSERT INTO dead_letters
+                (dedupe_key, reason, detail, queue, task_name, task_id, payload, payload_size)
+            VALUES (:key, :reason, :detail, :queue, :task_name, :task_id, :payload, :size)
+            ON CONFLICT (dedupe_key) DO NOTHING
+            RETURNING id
+            """
+        ),
+        {
+            "key": dedupe_key,
+            "reason": reason,
+            "detail": detail,
+            "queue": queue,
+            "task_name": task_name,
+            "task_id": task_id,
+            "payload": payload,
+            "size": payload_size,
+        },
+    ).scalar_one_or_none()
+
+
+def dead_letter_counts(conn: Connection) -> dict[str, int]:
+    """reason -> dead letters stored."""
+    rows = conn.execute(text("SELECT reason, count(*) FROM dead_letters GROUP BY reason"))
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def list_dead_letters(
+    conn: Connection, *, limit: int, reason: str | None = None
+) -> list[DeadLetter]:
+    """The newest `limit` dead letters (of one reason, if given), without their payloads."""
+    rows = conn.execute(
+        text(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters "
+            "WHERE CAST(:reason AS text) IS NULL OR reason = :reason "
+            "ORDER BY received_at DESC, id DESC LIMIT :limit"
+        ),
+        {"reason": reason, "limit": limit},
+    )
+    return [
+        DeadLetter(
+            r.id,
+            r.received_at,
+            r.reason,
+            r.detail,
+            r.queue,
+            r.task_name,
+            r.task_id,
+            int(r.payload_size),
+        )
+        for r in rows
+    ]
+
+
+def get_dead_letter(conn: Connection, letter_id: int) -> DeadLetter | None:
+    """One dead letter with its payload."""
+    row = conn.execute(
+        text(f"SELECT {_DEAD_LETTER_COLUMNS}, payload FROM dead_letters WHERE id = :id"),
+        {"id": letter_id},
+    ).one_or_none()
+    return None if row is None else _dead_letter_of(row)
+
+
+def take_dead_letter(conn: Connection, letter_id: int) -> DeadLetter | None:
+    """Delete one dead letter and return it (with its payload): gone once the caller
+    commits, back if it rolls back. A concurrent take of the same one waits, then gets None."""
+    row = conn.execute(
+        text(f"DELETE FROM dead_letters WHERE id = :id RETURNING {_DEAD_LETTER_COLUMNS}, payload"),
+        {"id": letter_id},
+    ).one_or_none()
+    return None if row is None else _dead_letter_of(row)
+
+
+def _dead_letter_of(row: Any) -> DeadLetter:
+    return DeadLetter(
+        row.id,
+        row.received_at,
+        row.reason,
+        row.detail,
+        row.queue,
+        row.task_name,
+        row.task_id,
+        int(row.payload_size),
+        payload=bytes(row.payload),
+    )
+
+
+def purge_dead_letters(conn: Connection, *, before: datetime | None) -> int:
+    """Delete dead letters received before `before` (every one when None); how many."""
+    result = conn.execute(
+        text(
+            "DELETE FROM dead_letters "
+            "WHERE CAST(:before AS timestamptz) IS NULL OR received_at < :before"
+        ),
+        {"before": before},
+    )
+    return result.rowcount

@@ -44,6 +44,7 @@ def collect_status(deps: Deps) -> dict[str, Any]:
                 if state == "pending":
                     models[model]["oldest_pending_s"] = oldest
         present = partitions.existing_partitions(conn)
+        dead = repository.dead_letter_counts(conn)
     wanted = [
         p.name
         for p in partitions.upcoming_months(
@@ -58,6 +59,8 @@ def collect_status(deps: Deps) -> dict[str, Any]:
             "missing_upcoming": [n for n in wanted if n not in present],
         },
         "pool": pool_stats(deps.engine).as_dict(),
+        # What the workers refused (embedder dead-letters list); by reason.
+        "dead_letters": {"total": sum(dead.values()), "by_reason": dict(sorted(dead.items()))},
     }
 
 
@@ -80,6 +83,12 @@ def render_status(status: dict[str, Any]) -> str:
     parts = status["partitions"]
     lines.append(
         f"partitions: {len(parts['present'])} present; missing upcoming: {', '.join(parts['missing_upcoming']) or 'none'}"
+    )
+    dead = status.get("dead_letters") or {"total": 0, "by_reason": {}}
+    reasons = ", ".join(f"{r}={n}" for r, n in dead["by_reason"].items())
+    lines.append(
+        f"dead letters: {dead['total']}"
+        + (f" ({reasons}; embedder dead-letters list)" if dead["total"] else "")
     )
     pool = status["pool"]
     lines.append(

@@ -112,7 +112,7 @@ def test_single_id_messages_are_embedded_in_full_batches(
     assert job_states(deps) == {}
 
 
-def test_pickle_message_is_refused_and_the_worker_keeps_working(
+def test_pickle_message_is_dead_lettered_and_the_worker_keeps_working(
     start_worker: StartWorker,
     make_deps: Callable[..., Deps],
     make_article: Callable[..., int],
@@ -129,7 +129,10 @@ def test_pickle_message_is_refused_and_the_worker_keeps_working(
         )
     finally:
         producer.close()
-    wait_until(lambda: "untrusted content" in worker.log(), 20, what="the pickle refusal")
+    refused = wait_until(
+        lambda: fetch(deps, "SELECT reason, task_name FROM dead_letters"), 20, what="the refusal"
+    )
+    assert [tuple(r) for r in refused] == [("unsupported_content", "embeddings.embed_articles")]
 
     enqueue([good], client=redis_client)
 

@@ -11,6 +11,7 @@ from tests.fakes.openai_server import fake_vector
 from worker import maintenance, pipeline, repository
 from worker import text as textmod
 from worker.errors import InvalidPayload, UnknownModel
+from worker.messages import Refused
 
 # bpe_openai loads its table with the deprecated importlib.resources.open_binary; under
 # filterwarnings=error that would fail every first count (pyproject should ignore it).
@@ -36,6 +37,10 @@ BAD_PAYLOADS = [
     pytest.param([None], id="none-in-list"),
     pytest.param([[1, 2]], id="nested-list"),
     pytest.param(["12abc"], id="non-numeric-string"),
+    pytest.param(["880_011"], id="underscore"),
+    pytest.param([" 12 "], id="spaces"),
+    pytest.param(["١٢"], id="arabic-indic-digits"),
+    pytest.param(["+5"], id="plus-sign"),
     pytest.param({1, 2}, id="set"),
     pytest.param(b"123", id="bytes"),
 ]
@@ -49,17 +54,20 @@ def job_count(deps) -> int:
 def test_invalid_payload_is_refused_with_a_clear_error(payload):
     with pytest.raises(InvalidPayload, match=r"^article_ids must be") as info:
         pipeline.validate_ids(payload)
-    assert info.value.reason == "invalid_payload"
+    assert info.value.reason == "invalid_ids"
 
 
-def test_intake_of_an_invalid_payload_records_nothing(deps, make_article):
+def test_intake_records_the_good_ids_and_dead_letters_the_rest(deps, make_article):
+    # tests/integration/test_dead_letters.py looks at the dead letters themselves.
     good = make_article()
     for param in BAD_PAYLOADS:
         (payload,) = param.values
         mixed = [good, *payload] if isinstance(payload, list) else payload
         with pytest.raises(InvalidPayload):
             pipeline.intake(deps, mixed)
-    assert job_count(deps) == 0  # not even the good id of a mixed message
+    assert job_count(deps) == 1  # the good id of every mixed message, recorded once
+    dead = fetch(deps, "SELECT count(*) FROM dead_letters WHERE reason = 'invalid_ids'")
+    assert dead[0][0] == len(BAD_PAYLOADS)
 
 
 @pytest.mark.parametrize(
@@ -109,18 +117,19 @@ def test_100k_ids_in_one_message_are_recorded_in_bounded_chunks(deps, make_artic
     assert tuple(rows[0]) == (100_000, 100_000, min(real), ghosts[-1])
 
 
-def test_unknown_model_is_a_clear_error_and_records_nothing(deps):
+def test_unknown_model_is_a_clear_error_and_records_only_a_dead_letter(deps):
     expected = (
         "model 'no-such-model' is not registered; "
         "add it with `embedder models add no-such-model --dimensions N`"
     )
-    with pytest.raises(UnknownModel) as info:
+    with pytest.raises(Refused) as info:
         pipeline.intake(deps, [1, 2], model="no-such-model")
-    assert str(info.value) == expected
+    assert str(info.value).startswith(expected + " (dead letter ")
     assert info.value.reason == "unknown_model"
     with pytest.raises(UnknownModel):
         pipeline.drain(deps, "no-such-model")
     assert job_count(deps) == 0
+    assert fetch(deps, "SELECT reason FROM dead_letters")[0][0] == "unknown_model"
 
 
 # Storable in PostgreSQL (UTF-8): ten languages, emoji sequences, RTL marks and overrides,

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import REPO
 
 APP_TABLES = ("articles", "article_embeddings", "embedding_jobs", "embedding_models")
-APP_TABLES += ("hnsw_index_builds",)
+APP_TABLES += ("hnsw_index_builds", "dead_letters")
 # Statements that read or write an application table (SQL keywords are written in capitals).
 _STATEMENT = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+(?:" + "|".join(APP_TABLES) + r")\b")
 # The repository layer: every statement on the application's tables, and the partition DDL
