@@ -12,7 +12,8 @@ One command, its own services, nothing shared (docs/operations.md, "Chaos run"):
 - articles inserted in chunks while the workers ingest, each chunk published the way a
   producer does (worker.client.enqueue: one message per chunk, or one per id);
 - a stand-in for celery beat publishing embeddings.sweep and embeddings.reconcile every
-  2 s (short JOB_LEASE_S and EMBED_DRAIN_BUDGET_S so recovery fits in the run).
+  2 s (a short EMBED_DRAIN_BUDGET_S; JOB_LEASE_S and JOB_HEARTBEAT_S at their defaults,
+  15 s and 5 s, as in production).
 
 Faults, throughout: the API answers ~30% 429 (Retry-After 0.05 s), ~10% 500 and ~5%
 slow responses past OPENAI_TIMEOUT_S. At set points of progress: pool children killed
@@ -21,6 +22,10 @@ Redis stopped and restarted empty (twice), PostgreSQL restarted (fast, then imme
 crash recovery), a window in which the API refuses our key, and responses with fewer
 vectors than inputs, malformed JSON and vectors of the wrong dimension. A few articles
 are bad on purpose: empty text (skipped) and inputs the API rejects with HTTP 400.
+
+Each kill is timed: recovery = from the SIGKILL to the moment every item the killed child
+had in flight is claimed again by another process or finished (the lease ran out and the
+sweep or the next claim took it back); the target is RECOVERY_TARGET_S (30 s).
 
 When nothing is pending or in flight any more, the run counts every article:
 expected = embedded + recorded as failed/skipped with a reason; lost = neither;
@@ -32,8 +37,9 @@ an operator would (`embedder retry-failed --reason dimension_mismatch`).
     .venv/bin/python bench/chaos.py                      # 5,000 articles
     .venv/bin/python bench/chaos.py --articles 1500 --json out.json
 
-Prints `lost=0 duplicated=0 failed_with_reason=N`, the faults injected, and exits 1 when
-anything is lost, duplicated or corrupted or a failure is not one of the bad articles.
+Prints `lost=0 duplicated=0 failed_with_reason=N`, the recovery time of every kill, the
+faults injected, and exits 1 when anything is lost, duplicated or corrupted, a failure is
+not one of the bad articles, or a kill took longer than RECOVERY_TARGET_S to recover.
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ MAX_WORKER_RESTARTS = 5  # more than this is a crash loop, not chaos
 POLL_S = 0.25
 AUTH_WINDOW_S = 3.0
 REDIS_SENTINEL = "chaos:restart-sentinel"  # set before a Redis restart; gone after it
+RECOVERY_TARGET_S = 30.0  # a SIGKILLed worker's claims are taken up again within this
 
 T = TypeVar("T")
 
@@ -125,6 +132,8 @@ class Faults:
     # Workers that exited and were started again, as systemd/compose restart policies do
     # (kombu's threads-pool consumer can die on a broker reconnect: "Unrecoverable error").
     worker_restarts: int = 0
+    # Workers whose watchdog found their consumer stalled (WORKER_STALL_TIMEOUT_S) and exited.
+    stall_exits: int = 0
 
     def line(self) -> str:
         return "faults: " + " ".join(f"{k}={v}" for k, v in asdict(self).items())
@@ -142,6 +151,9 @@ class Outcome:
     unexpected_failures: list[int] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     peak_connections: dict[str, int] = field(default_factory=dict)
+    # Per SIGKILL: seconds until the killed child's in-flight items were all claimed again
+    # or finished (None: not measured before the run ended).
+    recovery_s: list[float | None] = field(default_factory=list)
     elapsed_s: float = 0.0
     settled: bool = False
     faults: Faults = field(default_factory=Faults)
@@ -155,6 +167,7 @@ class Outcome:
             and self.corrupted == 0
             and not self.unexpected_failures
             and self.failed_with_reason == self.bad_seeded
+            and all(r is not None and r <= RECOVERY_TARGET_S for r in self.recovery_s)
         )
 
 
@@ -279,6 +292,7 @@ class Chaos:
         self.insert_limit = 0  # the inserter stays below this (faults gate the supply)
         self.bad_ids: set[int] = set()
         self.peaks: Counter[str] = Counter()
+        self.recoveries: list[float | None] = []  # one per kill, filled in by its watcher
         self.errors: list[BaseException] = []
         self.dsn = ""
         self.redis_url = ""
@@ -341,8 +355,8 @@ class Chaos:
             embed_retry_max_wait_s=0.5,
             embed_auth_backoff_s=AUTH_WINDOW_S,
             job_max_attempts=50,
-            job_lease_s=15,
             job_retry_delay_s=1,
+            worker_stall_timeout_s=30,  # a consumer that stops consuming is restarted
             reconcile_window_hours=24 * 400,  # the sample's dates span 120 days
             log_level="INFO",
         )
@@ -498,12 +512,56 @@ class Chaos:
                 except psutil.NoSuchProcess:
                     continue
                 if talking:
+                    killed_at = time.monotonic()
                     self.faults.sigkill += 1
                     self.faults.sigkill_stranded += busy[child.pid]
                     self.note(f"SIGKILL pool child {child.pid} ({busy[child.pid]} items in flight)")
+                    self.time_recovery(child.pid, killed_at)
                     return
             time.sleep(0.02)
         self.note("no pool child was mid-batch: kill skipped")
+
+    def time_recovery(self, pid: int, killed_at: float) -> None:
+        """Measure, in a thread, how long the killed child's in-flight items stay stranded.
+
+        Stranded = still in flight under the dead child's claim, or requeued but not yet
+        claimed again (claimed_by is overwritten by the next claim; a finished job's row is
+        deleted; failed or skipped is finished too).
+        """
+        slot = len(self.recoveries)
+        self.recoveries.append(None)
+        worker_id = f"{socket.gethostname()}:{pid}"
+
+        def stranded(ids: list[int] | None) -> tuple[list[int], int]:
+            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=2) as conn:
+                if ids is None:  # the dead child's claims, frozen since the kill
+                    rows = conn.execute(
+                        "SELECT article_id FROM embedding_jobs "
+                        "WHERE model = %s AND claimed_by = %s AND state = 'in_flight'",
+                        (MODEL, worker_id),
+                    ).fetchall()
+                    ids = [int(r[0]) for r in rows]
+                row = conn.execute(
+                    "SELECT count(*) FROM embedding_jobs WHERE model = %s "
+                    "AND article_id = ANY(%s) AND claimed_by = %s "
+                    "AND state IN ('in_flight', 'pending')",
+                    (MODEL, ids, worker_id),
+                ).fetchone()
+            return ids, int(row[0]) if row else 0
+
+        def watch() -> None:
+            ids, left = retrying(lambda: stranded(None), what="the killed child's claims")
+            while left and not self.stop_event.wait(0.1):
+                _, left = retrying(lambda: stranded(ids), what="stranded items")
+            if left:
+                return  # the run ended first: not measured
+            took = time.monotonic() - killed_at
+            self.recoveries[slot] = took
+            self.note(
+                f"  the {len(ids)} items of killed child {pid} were taken up again after {took:.1f} s"
+            )
+
+        self.spawn(f"recovery-{pid}", watch)
 
     def claims_by_pid(self) -> dict[int, int]:
         def query() -> dict[int, int]:
@@ -603,6 +661,7 @@ class Chaos:
         outcome = self.count()
         outcome.settled = settled
         outcome.elapsed_s = elapsed
+        outcome.recovery_s = [None if r is None else round(r, 1) for r in self.recoveries]
         return outcome
 
     def wait(self, predicate: Callable[[], bool], *, what: str, timeout: float = 300.0) -> None:
@@ -742,6 +801,9 @@ class Chaos:
         logs = {w.label: w.log.read_text(errors="replace") for w in self.workers}
         self.faults.api_requests = self.fake.request_count
         self.faults.timeouts = sum(text.count("APITimeoutError") for text in logs.values())
+        self.faults.stall_exits = sum(
+            text.count("tasks.watchdog: stalled: ") for text in logs.values()
+        )
         # One per task that waited out DB_POOL_TIMEOUT_S (tracebacks repeat the message).
         self.faults.pool_timeouts = len(
             re.findall(r"(?:retry: Retry in|raised unexpected).*QueuePool limit", logs["b"])
@@ -821,6 +883,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"corrupted={outcome.corrupted} expected={outcome.expected} embedded={outcome.embedded} "
         f"bad_seeded={outcome.bad_seeded} unexpected_failures={len(outcome.unexpected_failures)} "
         f"settled={outcome.settled} elapsed_s={outcome.elapsed_s:.1f}"
+    )
+    recovered = [r for r in outcome.recovery_s if r is not None]
+    print(
+        f"recovery after SIGKILL (s): {outcome.recovery_s} "
+        f"max={max(recovered, default=0.0):.1f} target={RECOVERY_TARGET_S:g}"
     )
     print(outcome.faults.line())
     print(

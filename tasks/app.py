@@ -19,6 +19,7 @@ from celery import Celery, Task, signals
 from celery.schedules import crontab
 from kombu.entity import Exchange, Queue
 
+from tasks import watchdog
 from tasks.flower_auth import refuse_open_flower
 from worker import broker, logs, metrics
 from worker import deps as deps_mod
@@ -32,6 +33,9 @@ MAINTENANCE_QUEUE = "maintenance"
 QUEUES = (QUEUE, MAINTENANCE_QUEUE)
 KICK_KEY = "embedder:drain-kick:{model}"
 KICK_TTL_S = 10
+# Beat's sweep: a dead worker's claims are requeued (and a drain kicked) within this of
+# their lease running out, even when no drain is running to requeue them at claim time.
+SWEEP_EVERY_S = 5.0
 # The task modules, imported by the worker at start (this module never imports them:
 # they import it, so the dependency runs one way).
 TASK_MODULES = ("tasks.embeddings", "tasks.maintenance")
@@ -119,7 +123,11 @@ def _queue(name: str) -> Queue:
 def beat_schedule() -> dict[str, dict[str, Any]]:
     """What runs when; docs/operations.md explains each entry."""
     return {
-        "sweep-pending": {"task": "embeddings.sweep", "schedule": 30.0, "options": {"expires": 25}},
+        "sweep-pending": {
+            "task": "embeddings.sweep",
+            "schedule": SWEEP_EVERY_S,
+            "options": {"expires": SWEEP_EVERY_S - 1},
+        },
         "reconcile-recent": {
             "task": "embeddings.reconcile",
             "schedule": 300.0,
@@ -147,6 +155,7 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
 
 settings = _settings()
 app = make_app(settings)
+watchdog.install(settings)  # a worker's main process watches its own consumption
 
 _deps_lock = threading.Lock()
 _redis: redis.Redis[bytes] | None = None

@@ -527,7 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("diagnose", cmd_diagnose, "schema drift, index and plan checks; exit 1 on a failure")
     sp.add_argument("--json", action="store_true", help="one JSON document, for machines")
     add("sweep", cmd_sweep, "requeue stale in-flight items and drain pending work now")
-    sp = add("health", cmd_health, "database at head, broker, a live worker, backlog age; exit 0/1")
+    sp = add(
+        "health",
+        cmd_health,
+        "database at head, broker, a live consuming worker, backlog age; exit 0/1",
+    )
     sp.add_argument("--json", action="store_true", help="one JSON document, for machines")
     sp.add_argument(
         "--max-backlog-age",

@@ -73,7 +73,11 @@ class Settings:
     embed_retry_attempts: int = 6
     embed_retry_max_wait_s: float = 20.0
     job_max_attempts: int = 5
-    job_lease_s: int = 300
+    # A claim is a lease: its worker process renews it every JOB_HEARTBEAT_S while it holds
+    # the claim (slow provider calls included); one not renewed for JOB_LEASE_S (its worker
+    # died, froze or lost the database) is requeued by the sweep or the model's next claim.
+    job_lease_s: int = 15
+    job_heartbeat_s: float = 5.0
     job_retry_delay_s: int = 30
     # A 401/403 parks the items this long (no retry storm while the key is wrong).
     embed_auth_backoff_s: float = 300.0
@@ -118,6 +122,10 @@ class Settings:
     worker_max_memory_per_child_kb: int = 512_000
     task_time_limit_s: int = 600
     visibility_timeout_s: int = 3600
+    # A worker whose queue had ready messages for this long while it had room for more and
+    # received none (a consumer that stopped consuming) exits with status 1, for its
+    # supervisor to restart it; 0 = off.
+    worker_stall_timeout_s: float = 120.0
     pool_stats_interval_s: float = 60.0
     log_format: LogFormat = "text"
     log_level: str = "INFO"
@@ -167,8 +175,14 @@ class Settings:
             errors.append("VISIBILITY_TIMEOUT_S must be greater than TASK_TIME_LIMIT_S")
         if self.embed_auth_backoff_s < 0:
             errors.append("EMBED_AUTH_BACKOFF_S must be 0 or more")
-        if self.job_lease_s <= self.embed_drain_budget_s:
-            errors.append("JOB_LEASE_S must be greater than EMBED_DRAIN_BUDGET_S")
+        if self.job_lease_s < 1:
+            errors.append("JOB_LEASE_S must be at least 1")
+        if not 0 < self.job_heartbeat_s <= self.job_lease_s / 3:
+            # Three beats per lease: one or two late ones (a slow statement, a pool wait)
+            # must not cost a live worker its claims.
+            errors.append("JOB_HEARTBEAT_S must be positive and at most a third of JOB_LEASE_S")
+        if self.worker_stall_timeout_s != 0 and self.worker_stall_timeout_s < 1:
+            errors.append("WORKER_STALL_TIMEOUT_S must be 0 (off) or at least 1")
         if self.rate_limit_rpm < 0 or self.rate_limit_tpm < 0:
             errors.append("RATE_LIMIT_RPM and RATE_LIMIT_TPM must be 0 or more")
         if not 0.5 <= self.rate_limit_share <= 1.0:

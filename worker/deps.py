@@ -15,6 +15,7 @@ from worker import metrics, repository
 from worker.config import Settings
 from worker.db import make_engine
 from worker.embedder import Embedder, RateLimiter, build_embedder
+from worker.lease import LeaseKeeper
 from worker.repository import ModelInfo
 
 
@@ -38,6 +39,7 @@ class Deps:
     _models: dict[str, ModelInfo] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: ThreadPoolExecutor | None = None
+    _leases: LeaseKeeper | None = None
 
     def model(self, name: str | None) -> ModelInfo:
         """The registered model (cached per process); the configured default when None."""
@@ -81,7 +83,17 @@ class Deps:
                 )
             return self._pool
 
+    def leases(self) -> LeaseKeeper:
+        """This process's lease heartbeat for the claims its drains hold (worker.lease)."""
+        with self._lock:
+            if self._leases is None:
+                self._leases = LeaseKeeper(self.engine, self.settings.job_heartbeat_s)
+            return self._leases
+
     def close(self) -> None:
+        if self._leases is not None:
+            self._leases.close()
+            self._leases = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None

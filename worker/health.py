@@ -6,7 +6,9 @@ Checks, each independent (one failing does not hide the others):
   the PostgreSQL and pgvector versions, with a warning (not a failure) for a pgvector too
   old for safe HNSW vacuums;
 - broker: Redis answers PING;
-- worker: at least one Celery worker answers a control ping (optionally a named one);
+- worker: at least one Celery worker answers a control ping (optionally a named one), and
+  none (of the named ones) reports a stall: work waiting in its queues that it, with room
+  for more, did not take (worker/stall.py);
 - backlog: the oldest pending item of every model is younger than a threshold.
 
 Two uses (docs/operations.md, "Health checks: restart or page"): `--liveness` runs only
@@ -25,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker import hnsw, repository, schema
+from worker import hnsw, repository, schema, stall
 from worker.config import ConfigError, Settings, redact_url
 
 CHECKS = ("database", "broker", "worker", "backlog")
@@ -178,16 +180,41 @@ def expand_node_name(name: str, hostname: str | None = None) -> str:
     return _NODE_NAME_KEY.sub(expand, name)
 
 
+def stalled_workers(redis_url: str, timeout_s: float) -> list[stall.Progress]:
+    """The workers whose watchdog found them stalled (their records in Redis)."""
+    import redis
+
+    client = redis.Redis.from_url(
+        redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+    )
+    try:
+        return [p for p in stall.read_all(client) if p.stalled]
+    finally:
+        client.close()
+
+
 def check_worker(
     redis_url: str,
     timeout_s: float,
     destination: Sequence[str] | None,
     ping: Callable[[str, float, Sequence[str] | None], list[str]] = ping_workers,
+    stalls: Callable[[str, float], list[stall.Progress]] = stalled_workers,
 ) -> Check:
     try:
         names = ping(redis_url, timeout_s, destination)
+        stalled = [
+            p for p in stalls(redis_url, timeout_s) if not destination or p.node in destination
+        ]
     except Exception as exc:
         return Check(False, _one_line(exc))
+    if stalled:
+        # Such a worker answers pings but takes no work: it exits for its supervisor to
+        # restart it; a liveness probe restarts it too.
+        return Check(
+            False,
+            "stalled: " + "; ".join(p.describe() for p in stalled) + " (it exits to be restarted)",
+            {"workers": names, "stalled": [p.node for p in stalled]},
+        )
     if not names:
         wanted = f" named {', '.join(destination)}" if destination else ""
         return Check(False, f"no worker{wanted} answered a ping within {timeout_s:g}s")

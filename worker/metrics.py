@@ -67,6 +67,12 @@ MAINTENANCE_SECONDS = Histogram(
     ["job"],
     buckets=(0.1, 1, 5, 30, 60, 300, 900, 3600),
 )
+LEASE_LOST = Counter(
+    "embedder_lease_lost_total",
+    "Claimed items whose result was not written: the claim's lease had run out and the jobs "
+    "were taken over (fencing; the worker was paused or cut off longer than JOB_LEASE_S)",
+    ["model"],
+)
 TASKS = Counter(
     "embedder_tasks_total",
     "Celery tasks finished in this worker, by task and final state (success, failure, retry)",
@@ -109,7 +115,7 @@ def init_model(model: str) -> None:
         if model in _initialised:
             return
         _initialised.add(model)
-    for counter in (ARTICLES_EMBEDDED, ARTICLES_UNCHANGED, BATCHES, REQUESTS, TOKENS):
+    for counter in (ARTICLES_EMBEDDED, ARTICLES_UNCHANGED, BATCHES, REQUESTS, TOKENS, LEASE_LOST):
         counter.labels(model=model)
     for reason in ITEM_FAILURE_REASONS:
         FAILURES.labels(model=model, reason=reason)

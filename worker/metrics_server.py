@@ -54,8 +54,9 @@ class BacklogCollector:
             ),
             GaugeMetricFamily(
                 "embedder_oldest_in_flight_seconds",
-                "Age of the oldest claim still in flight (0 when none); above JOB_LEASE_S "
-                "the sweep should have requeued it",
+                "Seconds since the oldest claim still in flight was claimed or last renewed by "
+                "its worker's heartbeat (0 when none); above JOB_LEASE_S the next claim or the "
+                "sweep should have requeued it",
                 labels=["model"],
             ),
             GaugeMetricFamily(

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,6 +58,8 @@ class DrainResult:
     released: int = 0
     batches: int = 0
     requests: int = 0
+    # Claimed items not written: their lease had passed to another worker (fencing).
+    lease_lost: int = 0
     is_stopped: bool = False  # the provider refused our credentials: stop draining
     # Items this drain recorded failed or skipped, by reason: `failed` and `skipped`, plus
     # released items whose last attempt it was (counted in `released` too).
@@ -73,6 +75,7 @@ class DrainResult:
             "released",
             "batches",
             "requests",
+            "lease_lost",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.is_stopped = self.is_stopped or other.is_stopped
@@ -273,7 +276,10 @@ def drain(
                 wrote = in_hand is not None
                 if in_hand is not None:
                     (written, embedding), in_hand = in_hand, None
-                    result = write_claim(deps, info, written, embedding.result())
+                    try:
+                        result = write_claim(deps, info, written, embedding.result())
+                    finally:  # written, or left to its lease: no more heartbeats
+                        deps.leases().release(written)
                     total.add(result)
                     stopped = stopped or result.is_stopped
                 in_hand, ahead = ahead, None
@@ -301,11 +307,15 @@ def _claim(
     if not _await_rate_budget(deps, info, deadline, sleep or time.sleep):
         return None  # no room before the drain's deadline: claim nothing
     with deps.engine.begin() as conn:
+        # A dead worker's claims come back here too, not only at the next sweep: under load
+        # the sweep's message may wait behind busy drains.
+        _requeue_stale(deps, conn, info.name)
         claim = repository.claim_pending(
             conn, info.name, deps.settings.embed_batch_max, deps.worker_id
         )
     if not claim.article_ids:
         return None
+    deps.leases().hold(info.name, claim)  # renewed until written or handed back
     if len(claim.article_ids) == deps.settings.embed_batch_max:
         _ask_for_help(deps, info.name)  # more may be waiting: let an idle worker help
     return claim
@@ -320,6 +330,8 @@ def _hand_back(deps: Deps, info: ModelInfo, claim: Claim, embedding: Future[_Emb
         embedding.result()  # let its requests finish; their vectors are dropped
     except Exception as exc:
         logger.debug("the claim handed back had failed as well: %s", exc)
+    finally:
+        deps.leases().release(claim)
     try:
         with deps.engine.begin() as conn:
             repository.release_jobs(
@@ -459,8 +471,13 @@ def embed_claim(deps: Deps, info: ModelInfo, claim: Claim) -> _Embedded:
 def write_claim(deps: Deps, info: ModelInfo, claim: Claim, embedded: _Embedded) -> DrainResult:
     """Write vectors and every job outcome of one claim in one transaction."""
     settings = deps.settings
-    result, vectors = embedded.result, embedded.vectors
     with deps.engine.begin() as conn:
+        # Fencing: only jobs still carrying this claim's token are written, locked until
+        # commit. A worker that lost its lease (frozen, cut off) writes nothing over the
+        # result of the worker that took its jobs over.
+        owned = repository.lock_claimed_jobs(conn, info.name, claim)
+        embedded = _fence(info, claim, embedded, owned)
+        result, vectors = embedded.result, embedded.vectors
         # Deleted or re-dated meanwhile: not written; the next claim sees what became of it.
         alive = repository.lock_existing_articles(conn, vectors)
         changed = [v.article_id for v in vectors if v.article_id not in alive]
@@ -528,6 +545,35 @@ def _remove_emptied(conn: Connection, skipped: dict[int, tuple[str, str]]) -> li
     for i in changed:
         del skipped[i]
     return changed
+
+
+def _fence(info: ModelInfo, claim: Claim, embedded: _Embedded, owned: set[int]) -> _Embedded:
+    """The outcomes of `embedded` for the jobs this claim still owns; the rest is dropped,
+    logged and counted (embedder_lease_lost_total)."""
+    lost = len(claim.article_ids) - len(owned)
+    if not lost:
+        return embedded
+    logger.warning(
+        "lease lost: %s of %s claimed items of %s were requeued while this worker held them "
+        "(not renewed for JOB_LEASE_S: paused or cut off); their results are not written",
+        lost,
+        len(claim.article_ids),
+        info.name,
+    )
+    metrics.LEASE_LOST.labels(model=info.name).inc(lost)
+    embedded.result.lease_lost += lost
+    return replace(
+        embedded,
+        vectors=[v for v in embedded.vectors if v.article_id in owned],
+        unchanged=[i for i in embedded.unchanged if i in owned],
+        failures={i: f for i, f in embedded.failures.items() if i in owned},
+        skipped={i: s for i, s in embedded.skipped.items() if i in owned},
+        releases=[
+            replace(r, ids=tuple(i for i in r.ids if i in owned))
+            for r in embedded.releases
+            if any(i in owned for i in r.ids)
+        ],
+    )
 
 
 def _embed_work(
@@ -659,18 +705,31 @@ def _count(model: str, result: DrainResult) -> None:
 
 def sweep(deps: Deps) -> tuple[int, int, list[str]]:
     """Recover from lost messages and dead workers: (requeued, failed, models to drain)."""
-    settings = deps.settings
     with deps.engine.begin() as conn:
-        stale = repository.requeue_stale(conn, settings.job_lease_s, settings.job_max_attempts)
+        requeued, failed = _requeue_stale(deps, conn)
         models = repository.models_with_ready_work(conn)
+    return requeued, failed, models
+
+
+def _requeue_stale(deps: Deps, conn: Connection, model: str | None = None) -> tuple[int, int]:
+    """Take back claims whose lease was not renewed (of `model`, or all): (requeued, failed)."""
+    settings = deps.settings
+    stale = repository.requeue_stale(
+        conn, settings.job_lease_s, settings.job_max_attempts, model=model
+    )
     requeued = sum(r for r, _ in stale.values())
     failed = sum(f for _, f in stale.values())
-    for model, (_, lost) in stale.items():
+    for name, (_, lost) in stale.items():
         if lost:
-            metrics.FAILURES.labels(model=model, reason="lease_expired").inc(lost)
+            metrics.FAILURES.labels(model=name, reason="lease_expired").inc(lost)
     if requeued or failed:
-        logger.warning("sweep: %s stale in-flight items requeued, %s failed", requeued, failed)
-    return requeued, failed, models
+        logger.warning(
+            "%s: %s in-flight items whose lease ran out requeued, %s failed",
+            "sweep" if model is None else f"claim of {model}",
+            requeued,
+            failed,
+        )
+    return requeued, failed
 
 
 def reconcile(deps: Deps, model: str | None = None) -> int:

@@ -41,8 +41,15 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Claim:
+    """Jobs claimed together under one token: the lease the claiming process renews.
+
+    `claimed_at` is the database's time of the claim. The column of that name is renewed by
+    the process's heartbeat (worker.lease), so completion compares re-enqueues with this.
+    """
+
     token: str
     article_ids: tuple[int, ...]
+    claimed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +199,11 @@ def pending_window(conn: Connection, model: str, limit: int) -> tuple[int, float
 
 
 def claim_pending(conn: Connection, model: str, limit: int, worker_id: str) -> Claim:
-    """Claim up to `limit` pending jobs for this transaction; others skip them."""
+    """Claim up to `limit` pending jobs for this transaction; others skip them.
+
+    The claim is a lease: `claimed_at` is its start, renewed by renew_leases while the
+    claiming process holds it; requeue_stale takes back one not renewed in time.
+    """
     token = uuid.uuid4().hex
     rows = conn.execute(
         text(
@@ -210,12 +221,72 @@ def claim_pending(conn: Connection, model: str, limit: int, worker_id: str) -> C
                 claimed_by = :w, claimed_at = now(), updated_at = now()
             FROM ready
             WHERE j.model = :m AND j.article_id = ready.article_id
-            RETURNING j.article_id
+            RETURNING j.article_id, j.claimed_at
             """
         ),
         {"m": model, "n": limit, "t": token, "w": worker_id},
+    ).all()
+    return Claim(
+        token=token,
+        article_ids=tuple(sorted(r[0] for r in rows)),
+        claimed_at=rows[0][1] if rows else None,
     )
-    return Claim(token=token, article_ids=tuple(sorted(r[0] for r in rows)))
+
+
+def renew_leases(conn: Connection, claims: Sequence[tuple[str, Claim]]) -> int:
+    """Renew the leases of these (model, claim)s: claimed_at = now() where a job still
+    carries the claim's token. Returns how many jobs were renewed.
+
+    Rows locked by someone else are skipped, never waited for: they are being written by
+    their owner (this very process) or requeued, and a heartbeat must not deadlock with either.
+    """
+    models = [model for model, claim in claims for _ in claim.article_ids]
+    ids = [i for _, claim in claims for i in claim.article_ids]
+    tokens = [claim.token for _, claim in claims for _ in claim.article_ids]
+    if not ids:
+        return 0
+    result = conn.execute(
+        text(
+            """
+            UPDATE embedding_jobs j SET claimed_at = now()
+            FROM (
+                SELECT held.model, held.article_id FROM embedding_jobs held
+                JOIN unnest(CAST(:models AS text[]), CAST(:ids AS bigint[]),
+                            CAST(:tokens AS text[])) AS k(model, article_id, token)
+                  ON held.model = k.model AND held.article_id = k.article_id
+                 AND held.claim_token = k.token
+                WHERE held.state = 'in_flight'
+                FOR UPDATE OF held SKIP LOCKED
+            ) AS mine
+            WHERE j.model = mine.model AND j.article_id = mine.article_id
+            """
+        ),
+        {"models": models, "ids": ids, "tokens": tokens},
+    )
+    return result.rowcount
+
+
+def lock_claimed_jobs(conn: Connection, model: str, claim: Claim) -> set[int]:
+    """Ids of the claim's jobs that still carry its token, locked until commit (fencing).
+
+    A job whose lease ran out was requeued (token cleared) and may belong to another claim
+    by now: its result is no longer this claim's to write. Locked in id order, as every
+    writer of these rows does, so no requeue can take them until this transaction ends.
+    """
+    if not claim.article_ids:
+        return set()
+    rows = conn.execute(
+        text(
+            """
+            SELECT article_id FROM embedding_jobs
+            WHERE model = :m AND claim_token = :t AND article_id = ANY(CAST(:ids AS bigint[]))
+            ORDER BY article_id
+            FOR UPDATE
+            """
+        ),
+        {"m": model, "t": claim.token, "ids": list(claim.article_ids)},
+    )
+    return {r[0] for r in rows}
 
 
 # The readers' typical browse (seed 000: a user's unread articles, newest first), served by
@@ -372,7 +443,11 @@ def upsert_params(model: str, rows: Sequence[EmbeddingRow]) -> tuple[Any, ...]:
 
 
 def complete_jobs(conn: Connection, model: str, claim: Claim, article_ids: Iterable[int]) -> None:
-    """Finish these claimed jobs; a job re-enqueued while in flight goes back to pending."""
+    """Finish these claimed jobs; a job re-enqueued while in flight goes back to pending.
+
+    Re-enqueued = enqueued after the claim was made (`claim.claimed_at`; the column is the
+    lease's last renewal).
+    """
     ids = list(article_ids)
     if not ids:
         return
@@ -380,9 +455,10 @@ def complete_jobs(conn: Connection, model: str, claim: Claim, article_ids: Itera
     conn.execute(
         text(
             "DELETE FROM embedding_jobs WHERE model = :m AND claim_token = :t "
-            "AND article_id = ANY(CAST(:ids AS bigint[])) AND enqueued_at <= claimed_at"
+            "AND article_id = ANY(CAST(:ids AS bigint[])) "
+            "AND enqueued_at <= COALESCE(CAST(:claimed AS timestamptz), claimed_at)"
         ),
-        params,
+        {**params, "claimed": claim.claimed_at},
     )
     conn.execute(
         text(
@@ -473,24 +549,35 @@ def release_jobs(
     return sum(1 for r in rows if r[0] == "failed")
 
 
-def requeue_stale(conn: Connection, lease_s: int, max_attempts: int) -> dict[str, tuple[int, int]]:
-    """Jobs in flight past their lease (their worker died): back to pending, or failed.
+def requeue_stale(
+    conn: Connection, lease_s: int, max_attempts: int, *, model: str | None = None
+) -> dict[str, tuple[int, int]]:
+    """Jobs in flight whose lease was not renewed for `lease_s` (their worker died, froze or
+    lost the database): back to pending, or failed on their last attempt. Of every model, or
+    of `model` only.
 
-    Returns (requeued, failed) per model, for the models that had any.
+    Locked rows are skipped: their owner is writing them right now (fencing lock). Returns
+    (requeued, failed) per model, for the models that had any.
     """
     rows = conn.execute(
         text(
             """
-            UPDATE embedding_jobs
-            SET state = CASE WHEN attempts >= :max THEN 'failed' ELSE 'pending' END,
-                reason = CASE WHEN attempts >= :max THEN 'lease_expired' ELSE reason END,
-                last_error = 'worker did not finish within JOB_LEASE_S (killed or stuck)',
+            UPDATE embedding_jobs j
+            SET state = CASE WHEN j.attempts >= :max THEN 'failed' ELSE 'pending' END,
+                reason = CASE WHEN j.attempts >= :max THEN 'lease_expired' ELSE j.reason END,
+                last_error = 'lease not renewed within JOB_LEASE_S (worker killed, frozen or cut off)',
                 claim_token = NULL, updated_at = now()
-            WHERE state = 'in_flight' AND claimed_at < now() - make_interval(secs => :lease)
-            RETURNING model, state
+            FROM (
+                SELECT model, article_id FROM embedding_jobs
+                WHERE state = 'in_flight' AND claimed_at < now() - make_interval(secs => :lease)
+                  AND (CAST(:model AS text) IS NULL OR model = :model)
+                FOR UPDATE SKIP LOCKED
+            ) AS stale
+            WHERE j.model = stale.model AND j.article_id = stale.article_id
+            RETURNING j.model, j.state
             """
         ),
-        {"max": max_attempts, "lease": lease_s},
+        {"max": max_attempts, "lease": lease_s, "model": model},
     ).all()
     counts: dict[str, tuple[int, int]] = {}
     for model, state in rows:
@@ -500,10 +587,17 @@ def requeue_stale(conn: Connection, lease_s: int, max_attempts: int) -> dict[str
 
 
 def models_with_ready_work(conn: Connection) -> list[str]:
+    """Models with a pending job ready now: one index probe per registered model (the sweep
+    runs every few seconds; a DISTINCT over the whole backlog would read all of it)."""
     rows = conn.execute(
         text(
-            "SELECT DISTINCT model FROM embedding_jobs WHERE state = 'pending' "
-            "AND (not_before IS NULL OR not_before <= now())"
+            """
+            SELECT m.name FROM embedding_models m
+            WHERE EXISTS (SELECT 1 FROM embedding_jobs j
+                          WHERE j.model = m.name AND j.state = 'pending'
+                            AND (j.not_before IS NULL OR j.not_before <= now()))
+            ORDER BY m.name
+            """
         )
     )
     return [r[0] for r in rows]

@@ -1,8 +1,9 @@
 """The chaos run (bench/chaos.py) at CI size: every fault of issue 3 at once, nothing lost.
 
 The driver starts its own PostgreSQL, Redis, fake API and two real Celery workers, kills
-pool children, restarts Redis empty and PostgreSQL, turns the API's key and responses
-bad, starves a worker of connections, and counts every article at the end. This test
+pool children (timing how long each kill's claims stay stranded), restarts Redis empty and
+PostgreSQL, turns the API's key and responses bad, starves a worker of connections, and
+counts every article at the end. This test
 runs it as a subprocess (its clean-up runs on SIGTERM: a timeout here stops everything),
 and checks the count and that each fault really was injected.
 """
@@ -27,6 +28,8 @@ ARTICLES = 1500
 BAD_EACH = 5  # empty-text articles, and articles the API rejects with HTTP 400
 RUN_TIMEOUT_S = 300
 SUMMARY = re.compile(r"^lost=(\d+) duplicated=(\d+) failed_with_reason=(\d+)$", re.MULTILINE)
+RECOVERY = re.compile(r"^recovery after SIGKILL \(s\): \[(.*)\] max=", re.MULTILINE)
+RECOVERY_TARGET_S = 30.0  # a SIGKILLed worker's claims are taken up again within this
 
 
 def run_driver(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, int]:
@@ -85,6 +88,11 @@ def test_chaos_run_loses_nothing_and_duplicates_nothing(
     faults = result["faults"]
     assert faults["sigkill"] >= 3, faults  # each a child holding an in-flight claim
     assert faults["sigkill_stranded"] > 0, faults
+    # Every kill timed, from the SIGKILL to its claims taken up again (lease + sweep/claim).
+    recovery = result["recovery_s"]
+    assert RECOVERY.search(output), output[-4000:]
+    assert len(recovery) == faults["sigkill"], recovery
+    assert all(r is not None and r <= RECOVERY_TARGET_S for r in recovery), recovery
     assert faults["redis_restart"] == 2, faults
     assert faults["pg_restart"] == 2, faults
     assert faults["auth_window"] == 1 and faults["http_401"] >= 1, faults

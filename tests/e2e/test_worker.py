@@ -156,7 +156,12 @@ def test_sigkill_mid_batch_is_recovered_by_the_sweep(
     fake_openai: FakeOpenAI,
     redis_client: redis.Redis[bytes],
 ) -> None:
-    overrides = {"embed_batch_max": 10, "job_lease_s": 3, "embed_drain_budget_s": 2.0}
+    overrides = {
+        "embed_batch_max": 10,
+        "job_lease_s": 3,
+        "job_heartbeat_s": 1.0,
+        "embed_drain_budget_s": 2.0,
+    }
     deps = make_deps(**overrides)
     ids = [make_article() for _ in range(30)]
     fake_openai.latency_s = 1.0
@@ -243,7 +248,12 @@ def test_redis_flushed_mid_run_sweep_recovers_pending_work(
     fake_openai: FakeOpenAI,
     redis_client: redis.Redis[bytes],
 ) -> None:
-    overrides = {"embed_batch_max": 5, "embed_drain_budget_s": 1.0, "job_lease_s": 3}
+    overrides = {
+        "embed_batch_max": 5,
+        "embed_drain_budget_s": 1.0,
+        "job_lease_s": 3,
+        "job_heartbeat_s": 1.0,
+    }
     deps = make_deps(**overrides)
     ids = [make_article() for _ in range(100)]
     fake_openai.latency_s = 0.2

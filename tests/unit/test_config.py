@@ -193,10 +193,27 @@ def test_local_provider_needs_no_api_key():
 
 def test_cross_field_rules_are_checked():
     message = config_error(
-        env(TASK_TIME_LIMIT_S="900", VISIBILITY_TIMEOUT_S="600", JOB_LEASE_S="10")
+        env(
+            TASK_TIME_LIMIT_S="900",
+            VISIBILITY_TIMEOUT_S="600",
+            JOB_LEASE_S="10",
+            JOB_HEARTBEAT_S="4",
+            WORKER_STALL_TIMEOUT_S="0.5",
+        )
     )
     assert "VISIBILITY_TIMEOUT_S must be greater than TASK_TIME_LIMIT_S" in message
-    assert "JOB_LEASE_S must be greater than EMBED_DRAIN_BUDGET_S" in message
+    assert "JOB_HEARTBEAT_S must be positive and at most a third of JOB_LEASE_S" in message
+    assert "WORKER_STALL_TIMEOUT_S must be 0 (off) or at least 1" in message
+
+
+def test_a_lease_may_be_shorter_than_the_drain_budget_its_heartbeat_renews_it():
+    settings = Settings.from_env(
+        env(JOB_LEASE_S="15", JOB_HEARTBEAT_S="5", EMBED_DRAIN_BUDGET_S="60")
+    )
+    assert (settings.job_lease_s, settings.job_heartbeat_s) == (15, 5.0)
+    assert "JOB_LEASE_S" in config_error(env(JOB_LEASE_S="0"))
+    assert "JOB_HEARTBEAT_S" in config_error(env(JOB_HEARTBEAT_S="0"))
+    assert Settings.from_env(env(WORKER_STALL_TIMEOUT_S="0")).worker_stall_timeout_s == 0
 
 
 @pytest.mark.parametrize(
