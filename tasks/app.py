@@ -104,6 +104,11 @@ def make_app(settings: Settings) -> Celery:
         beat_schedule=beat_schedule(),
         timezone="UTC",
     )
+    # redis:// and rediss:// get kombu's Redis transport with one change: a value on a queue
+    # that is not a readable task message is dead-lettered instead of stopping the worker
+    # (worker/broker.py; broker_transport_options above configure it). Registered before
+    # the app's first connection (Celery connects lazily).
+    broker.register(known_task=lambda name: _known_task(app, name))
     return app
 
 

@@ -46,7 +46,9 @@ logger = logging.getLogger(__name__)
 # Transport options (Celery's broker_transport_options) this channel reads.
 OPTION_TASK_QUEUES = "embedder_task_queues"  # queues that carry Celery task messages
 OPTION_DEAD_LETTER_QUEUE = "embedder_dead_letter_queue"  # where dead letters are pushed
-OPTION_KNOWN_TASK = "embedder_known_task"  # callable(name) -> bool: a registered task?
+# Which task names the process runs: set by register(). Not a transport option: those are
+# reported in the worker's `inspect stats` reply (Flower's Workers page), which must be JSON.
+_known_task: Callable[[str], bool] | None = None
 
 # sha256 of the kombu methods the Channel below copies (inspect.getsource), as written for
 # kombu 5.7.0. A different fingerprint means kombu changed them: re-read and port.
@@ -78,24 +80,22 @@ def kombu_fingerprints() -> dict[str, str]:
     }
 
 
-def transport_options(
-    *, task_queues: tuple[str, ...], dead_letter_queue: str, known_task: Callable[[str], bool]
-) -> dict[str, Any]:
-    """The broker_transport_options entries that configure this transport."""
-    return {
-        OPTION_TASK_QUEUES: task_queues,
-        OPTION_DEAD_LETTER_QUEUE: dead_letter_queue,
-        OPTION_KNOWN_TASK: known_task,
-    }
+def transport_options(*, task_queues: tuple[str, ...], dead_letter_queue: str) -> dict[str, Any]:
+    """The broker_transport_options entries that configure this transport (JSON values only:
+    a worker reports its transport options in `inspect stats`)."""
+    return {OPTION_TASK_QUEUES: list(task_queues), OPTION_DEAD_LETTER_QUEUE: dead_letter_queue}
 
 
-def register() -> None:
-    """Make redis:// and rediss:// URLs use this transport in this process.
+def register(known_task: Callable[[str], bool] | None = None) -> None:
+    """Make redis:// and rediss:// URLs use this transport in this process; `known_task`
+    tells whether a task name is one this process runs (None: any name is).
 
     Through kombu's transport aliases rather than Celery's `broker_transport`: with the
     latter a connection's URI names the class instead of the scheme ("worker.broker:
     Transport://…"), which Flower cannot map to its Redis broker page.
     """
+    global _known_task
+    _known_task = known_task
     for scheme in ("redis", "rediss"):
         kombu_transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
 
@@ -108,7 +108,7 @@ class Channel(kombu_redis.Channel):
         options = connection.client.transport_options or {}
         self.embedder_task_queues = frozenset(options.get(OPTION_TASK_QUEUES, ()))
         self.embedder_dead_letter_queue: str | None = options.get(OPTION_DEAD_LETTER_QUEUE)
-        self.embedder_known_task: Callable[[str], bool] | None = options.get(OPTION_KNOWN_TASK)
+        self.embedder_known_task: Callable[[str], bool] | None = _known_task
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     # -- copied from kombu 5.7.0 (kombu/transport/redis.py); the change is marked ----------

@@ -245,7 +245,7 @@ def test_flower_shows_failed_items_and_both_queues_without_housekeeping(
     assert "ItemsFailed" in failed_drains[0]["exception"]
     refused = [r for r in rows if "MessageRefused" in r["exception"]]
     assert len(refused) == 1 and refused[0]["state"] == "FAILURE", rows
-    assert "invalid_payload" in refused[0]["exception"]
+    assert "invalid_ids" in refused[0]["exception"] and "dead letter" in refused[0]["exception"]
     assert any(
         r["name"] == "embeddings.embed_articles" and r["state"] == "SUCCESS" for r in rows
     ), rows
