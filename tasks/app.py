@@ -50,10 +50,6 @@ def _settings() -> Settings:
 
 
 def make_app(settings: Settings) -> Celery:
-    # redis:// and rediss:// get kombu's Redis transport with one change: a value on a queue
-    # that is not a readable task message is dead-lettered instead of stopping the worker
-    # (worker/broker.py; the options below configure it).
-    broker.register()
     app = Celery(
         "embedder",
         broker=settings.redis_url,
@@ -81,11 +77,7 @@ def make_app(settings: Settings) -> Celery:
         broker_transport_options={
             # Redis redelivers unacked messages after this; it must exceed the longest task.
             "visibility_timeout": settings.visibility_timeout_s,
-            **broker.transport_options(
-                task_queues=QUEUES,
-                dead_letter_queue=QUEUE,
-                known_task=lambda name: _known_task(app, name),
-            ),
+            **broker.transport_options(task_queues=QUEUES, dead_letter_queue=QUEUE),
         },
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         result_expires=3600,
