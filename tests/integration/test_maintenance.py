@@ -607,3 +607,24 @@ def test_an_index_with_no_recorded_build_is_not_taken_as_recently_built(deps: De
     result = maintenance.rebuild_hnsw(deps, force=True, model=SMALL_MODEL, min_interval_s=86400)
 
     assert result.rebuilt == [hnsw.index_name(SMALL_MODEL)]
+
+
+def test_maintain_prints_text_for_people_and_json_on_request(
+    deps: Deps, settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from worker import cli
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("EMBEDDING_PROVIDER", "local")
+
+    assert cli.main(["maintain", "partitions", "--months", "5"]) == 0
+    text = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in text[:-1]] == ["created"] * len(text[:-1])
+    assert len(text) >= 2 and text[-1].startswith("done in ")
+    assert cli.main(["maintain", "partitions", "--months", "5"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[0] == "partitions: nothing to do"
+
+    assert cli.main(["maintain", "partitions", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["job"] == "partitions" and report["created"] == []
