@@ -87,7 +87,7 @@ def make_app(settings: Settings) -> Celery:
         worker_max_memory_per_child=settings.worker_max_memory_per_child_kb,
         worker_send_task_events=True,
         # No `task-sent` events: only tasks Celery itself publishes carry one (beat's
-        # housekeeping every 30 s, drain kicks, retries; producers' messages never do), so in
+        # housekeeping every few seconds, drain kicks, retries; producers' messages never do), so in
         # Flower they mostly listed beat's sweeps as tasks "PENDING" for good. Tasks appear
         # when a worker receives them; queue depth is on Flower's Broker page.
         task_send_sent_event=False,
